@@ -1,0 +1,53 @@
+"""Shared fixtures: which (device, backend) pairs the suite runs.
+
+Without a GPU the Triton kernels run under the interpreter on CPU tensors, so TRITON_INTERPRET
+must be set before triton compiles anything.  Backends that must exist are not skipped when
+missing -- the test fails with the reason (a missing _C is a broken build, not a skip).
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import vaekernels as vk  # noqa: E402
+from vaekernels import backends  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+# (device, backend) pairs: every backend on the device it serves.  The GPU ones are marked.
+KERNEL_CASES = [
+    pytest.param("cpu", "cpu", id="cpu-cpu"),
+    pytest.param("cpu", "triton", id="cpu-triton_interp"),
+    pytest.param("cuda", "cuda", id="cuda-cuda", marks=[pytest.mark.gpu, gpu]),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=[pytest.mark.gpu, gpu]),
+]
+ALL_CASES = [pytest.param("cpu", "reference", id="cpu-reference")] + KERNEL_CASES
+
+
+def require(backend: str, device: str, dtype=None) -> None:
+    """Fail (not skip) when a backend that this machine must have is unavailable."""
+    reason = backends.why_unavailable(backend, device, dtype)
+    if reason is not None:
+        if dtype is not None and backends.why_unavailable(backend, device) is None:
+            pytest.skip(reason)  # the backend exists; it does not compute in this dtype here
+        pytest.fail(f"backend {backend!r} on {device}: {reason}")
+
+
+def dtypes_for(backend: str, device: str):
+    """The dtypes to test a backend with on a device (the interpreter has no bfloat16)."""
+    out = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    return [d for d in out if backends.why_unavailable(backend, device, d) is None]
+
+
+# Tolerances of a float32-computed result stored in each dtype, against a float64 oracle.
+TOL = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=2e-6, atol=2e-6),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+}
