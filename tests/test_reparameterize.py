@@ -98,7 +98,7 @@ def test_non_contiguous_inputs_use_logical_order(device, backend):
     base_mu, base_lv = inputs((33, 10), torch.float32, device)
     cases = [
         (base_mu.t(), base_lv.t()),  # transposed
-        (base_mu[::2], base_lv[2::2]),  # strided rows
+        (base_mu[1::2], base_lv[::2][:16]),  # strided rows
         (base_mu[:, 3], base_lv[:, 5]),  # a column
         (base_mu[:1].expand(6, 10), base_lv[:1].expand(6, 10)),  # stride 0
     ]

@@ -1,0 +1,154 @@
+"""Shared benchmark harness: providers, honest timing, and the numbers each case records.
+
+Every case records in ``extra_info``: the op's byte floor (each input read once, each output
+written once, noise generated in registers), GB/s over that floor, % of the copy bandwidth
+measured in this same run, bytes kept for backward, device, torch/triton versions and the
+allocator mode (``VAEKERNELS_BENCH_ALLOC``: default | steady, set by benchmarks/run_cpu.sh).
+
+Timing: on CPU pytest-benchmark's pedantic mode, enough rounds for a stable median; on a GPU
+CUDA events around each call with warm-up and rotating input sets larger than L2.  torch.compile
+is warmed up (compiled) before timing; its compile time is reported on its own.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import pytest
+import torch
+
+import vaekernels as vk
+
+DEVICE = os.environ.get("VAEKERNELS_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+ALLOC = os.environ.get("VAEKERNELS_BENCH_ALLOC", "default")
+# Sizes (B, D, K): small, typical, large; plus one >= 2^26-element case on a GPU.
+SIZES = {"small": (128, 32, 1), "typical": (1024, 64, 8), "large": (4096, 256, 64)}
+if DEVICE == "cuda":
+    SIZES["huge"] = (16384, 512, 16)  # K*B*D = 2^27
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def _versions() -> Dict[str, str]:
+    info = {"torch": torch.__version__, "vaekernels": vk.__version__, "alloc": ALLOC, "threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    info["device_name"] = torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor() or platform.machine()
+    return info
+
+
+_BANDWIDTH: Optional[float] = None
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a large device copy (bytes read + bytes written), measured once per run."""
+    global _BANDWIDTH
+    if _BANDWIDTH is None:
+        n = (512 if DEVICE == "cuda" else 128) * 2**20 // 4
+        src = torch.ones(n, device=DEVICE)
+        dst = torch.empty_like(src)
+        times = [time_call(lambda: dst.copy_(src)) for _ in range(10 if DEVICE == "cuda" else 7)]
+        _BANDWIDTH = 2 * src.numel() * 4 / statistics.median(times) / 1e9
+    return _BANDWIDTH
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object]) -> float:
+    """Seconds of one call, synchronized."""
+    if DEVICE == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def rounds_for(seconds_per_call: float) -> int:
+    """Enough rounds for a stable median in about 1-2 s per case (at least 5)."""
+    return int(min(200, max(5, 1.5 / max(seconds_per_call, 1e-6))))
+
+
+def run(benchmark, fn: Callable, setup: Callable[[], tuple], *, floor_bytes: int, kept_bytes: int,
+        compile_s: Optional[float] = None, **info) -> None:
+    """Time ``fn(*setup())`` (setup excluded) and record the byte-floor figures.
+
+    ``setup`` is called before every round; it returns the arguments (e.g. fresh leaves, or a
+    forward result to backpropagate).  Several input sets rotate so a GPU's L2 holds none.
+    """
+    def target(*args):
+        out = fn(*args)
+        sync()
+        return out
+
+    args = setup()
+    t0 = time.perf_counter()
+    target(*args)  # warm-up (first-call costs, allocator)
+    target(*setup())
+    per_call = time.perf_counter() - t0
+    benchmark.pedantic(target, setup=lambda: (setup(), {}), rounds=rounds_for(per_call / 2), warmup_rounds=1)
+    median = benchmark.stats.stats.median
+    bw = copy_bandwidth()
+    gbps = floor_bytes / median / 1e9
+    benchmark.extra_info.update(
+        _versions(),
+        device=DEVICE,
+        floor_bytes=floor_bytes,
+        floor_ms=1e3 * floor_bytes / (bw * 1e9),
+        gbps=round(gbps, 2),
+        copy_gbps=round(bw, 2),
+        pct_of_copy=round(100 * gbps / bw, 1),
+        kept_bytes=kept_bytes,
+        compile_s=compile_s,
+        **info,
+    )
+
+
+def compiled(fn: Callable, warm_args: Callable[[], tuple], backward: bool) -> tuple:
+    """torch.compile(fn) warmed up on ``warm_args`` (and its backward); returns (fn, compile seconds)."""
+    torch._dynamo.reset()
+    cfn = torch.compile(fn)
+    t0 = time.perf_counter()
+    out = cfn(*warm_args())
+    if backward:
+        out.backward(torch.ones_like(out))
+    sync()
+    return cfn, time.perf_counter() - t0
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes autograd keeps for backward while running ``fn`` (sum over saved tensors, views
+    counted at their own size)."""
+    total: List[int] = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def providers(device: str) -> List[str]:
+    names = ["eager", "distributions", "compile"]
+    names += [f"vk_{b}" for b in vk.available_backends(device) if b != "reference"]
+    return names
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return DEVICE
