@@ -19,6 +19,7 @@ import contextvars
 import importlib
 import importlib.util
 import os
+import pkgutil
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -99,6 +100,8 @@ def _load(name: str):
             import triton  # noqa: F401
 
             entry.module = importlib.import_module("vaekernels.triton")
+            for sub in pkgutil.iter_modules(entry.module.__path__):  # every kernel file
+                importlib.import_module(f"vaekernels.triton.{sub.name}")
         except ImportError as exc:
             entry.reason = f"triton is not importable ({exc}); pip install triton"
     return entry.module

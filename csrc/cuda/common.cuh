@@ -20,6 +20,12 @@
 #include "vaekernels/dtype.h"
 #include "vaekernels/philox.h"
 
+// The normal stream must match the CPU/Triton/reference backends to a few ulp: --use_fast_math
+// would turn logf/sincospif into the approximate __logf/__sinf family and flush denormals.
+#if defined(__USE_FAST_MATH__)
+#error "vaekernels CUDA kernels must be compiled without --use_fast_math"
+#endif
+
 namespace vaekernels {
 namespace cuda {
 
@@ -43,7 +49,12 @@ namespace cuda {
   } while (0)
 
 // After a <<<>>> launch: configuration errors (and sticky errors from earlier work).
-#define VK_CUDA_CHECK_LAUNCH(name) VK_CUDA_CHECK(cudaGetLastError())
+#define VK_CUDA_CHECK_LAUNCH(name)                                                   \
+  do {                                                                               \
+    const cudaError_t vk_err_ = cudaGetLastError();                                  \
+    if (vk_err_ != cudaSuccess) ::vaekernels::cuda::throw_cuda_error(vk_err_, "launch of " name, \
+                                                                     __FILE__, __LINE__); \
+  } while (0)
 
 // ------------------------------------------------------------------ device guard
 
@@ -111,21 +122,6 @@ inline bool is_aligned(const void* p, size_t bytes) {
 }
 
 // ------------------------------------------------------------------ dtype load/store
-
-template <typename T>
-struct DTypeOf;
-template <>
-struct DTypeOf<float> {
-  static constexpr int code = kFloat32;
-};
-template <>
-struct DTypeOf<__half> {
-  static constexpr int code = kFloat16;
-};
-template <>
-struct DTypeOf<__nv_bfloat16> {
-  static constexpr int code = kBFloat16;
-};
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
