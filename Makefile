@@ -7,10 +7,10 @@ BIN    := $(VENV)/bin
 # The CPU build of torch (never let pip resolve a newer torch: that pulls the CUDA packages).
 TORCH  ?= torch==2.13.0
 DEPS   := triton pybind11 "cmake>=3.18" ninja "setuptools>=68" wheel build \
-          pytest hypothesis numpy scipy pytest-benchmark matplotlib scikit-learn tqdm
+          pytest hypothesis numpy scipy pytest-benchmark matplotlib scikit-learn tqdm auditwheel
 STAMP  := $(VENV)/.deps-installed
 
-.PHONY: setup build test demo bench wheel info clean
+.PHONY: setup build test demo bench wheel wheel-test info clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,14 +28,29 @@ build: $(STAMP)
 test: build
 	$(BIN)/python -m pytest -q
 
+# Trains vk.nn.VAE on scikit-learn's digits, fused then naive (the package is built in place, not installed).
 demo: build
-	$(BIN)/python examples/quickstart.py
+	PYTHONPATH=$(CURDIR) $(BIN)/python examples/train_vae.py
 
 info: build
 	$(BIN)/python -m vaekernels.info
 
+# sdist + wheel (an isolated build env: setuptools, pybind11, cmake, ninja -- never torch).
+# VAEKERNELS_CUDA=0 gives a CPU-only wheel; with nvcc the wheel carries _C_cuda too.
 wheel: $(STAMP)
-	$(BIN)/python -m build --no-isolation --outdir dist .
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	-$(BIN)/python -m auditwheel show dist/*.whl
+
+# Installs the wheel into a fresh virtual environment (torch first, then the wheel without
+# dependencies) and runs every op on every backend available there, from outside the tree.
+WHEEL_VENV ?= /tmp/vaekernels-wheel-test
+wheel-test: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q "$(TORCH)" numpy
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps dist/*.whl
+	cd /tmp && $(WHEEL_VENV)/bin/python $(CURDIR)/tests/wheel_smoke.py
 
 clean:
 	rm -rf build dist *.egg-info vaekernels/_C*.so
