@@ -9,11 +9,13 @@ TORCH  ?= torch==2.13.0
 DEPS   := triton pybind11 "cmake>=3.18" ninja "setuptools>=68" wheel build \
           pytest hypothesis numpy scipy pytest-benchmark matplotlib scikit-learn tqdm auditwheel
 STAMP  := $(VENV)/.deps-installed
+# e.g. VENV_FLAGS=--system-site-packages TORCH=torch on a machine whose torch is already there.
+VENV_FLAGS ?=
 
 .PHONY: setup build test demo bench wheel wheel-test info clean
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q $(DEPS)
@@ -31,6 +33,10 @@ test: build
 # Trains vk.nn.VAE on scikit-learn's digits, fused then naive (the package is built in place, not installed).
 demo: build
 	PYTHONPATH=$(CURDIR) $(BIN)/python examples/train_vae.py
+
+# Both allocator modes, tables and plot into benchmarks/results/ (under 10 minutes on 2 cores).
+bench: build
+	PYTHON=$(BIN)/python benchmarks/run_cpu.sh
 
 info: build
 	$(BIN)/python -m vaekernels.info

@@ -51,3 +51,22 @@ TOL = {
     torch.float16: dict(rtol=1e-3, atol=1e-3),
     torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
 }
+
+
+def assert_within(got, ref, bound, what: str) -> None:
+    """|got - ref| <= bound elementwise, compared in float64 on the CPU; where ref is +-inf or NaN,
+    got must be the same (+-inf with its sign, NaN)."""
+    got = got.detach().cpu().double()
+    ref = ref.detach().cpu().double()
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    bound = torch.as_tensor(bound, dtype=torch.float64).expand_as(ref)
+    special = ~torch.isfinite(ref)
+    same = (got == ref) | (got.isnan() & ref.isnan())
+    err = (got - ref).abs()
+    bad = torch.where(special, ~same, ~(err <= bound))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad.flatten())[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {ref.numel()} off; first at {i}: got {got.flatten()[i].item()!r}, "
+            f"want {ref.flatten()[i].item()!r} +- {bound.flatten()[i].item():.3g}"
+        )

@@ -73,6 +73,67 @@ def one_of(op: str, name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
+def nonnegative_float(op: str, name: str, value) -> float:
+    """A finite real number >= 0 (an int is taken as a float; bool, tensors and strings are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not (value >= 0.0 and value != float("inf")):  # also rejects NaN
+        raise ValueError(f"{op}: {name} must be a finite float >= 0, got {value!r}")
+    return value
+
+
+def finite_float(op: str, name: str, value) -> float:
+    """A finite real number (an int is taken as a float; bool, tensors and strings are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not abs(value) < float("inf"):  # also rejects NaN
+        raise ValueError(f"{op}: {name} must be a finite float, got {value!r}")
+    return value
+
+
+def flag(op: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def dims(op: str, name: str, t: torch.Tensor, ndim: int, layout: str) -> torch.Tensor:
+    """A tensor with exactly ``ndim`` dimensions; ``layout`` names them, e.g. ``"[K, B, D]"``."""
+    if t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have shape {layout}, got {_shape(t)}")
+    return t
+
+
+def dim_index(op: str, name: str, value, t: torch.Tensor) -> int:
+    """A dimension of ``t`` (negative counts from the end), returned in [0, t.dim())."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}")
+    if not -t.dim() <= value < t.dim():
+        raise ValueError(f"{op}: {name} must be in [{-t.dim()}, {t.dim() - 1}] for shape {_shape(t)}, got {value}")
+    return int(value) % t.dim()
+
+
+def trailing_like(op: str, name: str, t, ref_name: str, ref: torch.Tensor, ndims: Sequence[int]) -> torch.Tensor:
+    """A tensor with the dtype and device of ``ref`` whose shape is the last k dimensions of
+    ``ref``'s for some k in ``ndims`` -- so it broadcasts against ``ref`` over the leading ones."""
+    tensor(op, name, t)
+    same_device(op, name, t, ref_name, ref)
+    same_dtype(op, name, t, ref_name, ref)
+    allowed = []
+    for k in ndims:
+        shape = _shape(ref)[max(0, ref.dim() - k):]
+        if shape not in allowed:
+            allowed.append(shape)
+    if _shape(t) not in allowed:
+        raise ValueError(
+            f"{op}: {name} has shape {_shape(t)} but {ref_name} has {_shape(ref)}; "
+            f"expected {' or '.join(map(str, allowed))}"
+        )
+    return t
+
+
 def seed(op: str, value, device: torch.device) -> torch.Tensor:
     """``seed=`` as the 0-d int64 tensor the kernels read: the 64-bit Philox key.
 

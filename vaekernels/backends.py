@@ -38,6 +38,12 @@ _DTYPES = {
     "triton": (torch.float32, torch.float16, torch.bfloat16),
 }
 
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels compute (and return reductions) in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 # Default order per device type.  An op may override it (by measurement, benchmarks/results/).
 _DEFAULT_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 _OP_DEFAULT_ORDER: Dict[Tuple[str, str], Tuple[str, ...]] = {}
@@ -88,7 +94,16 @@ def _load(name: str):
         return entry.module
     entry.tried = True
     if name == "cpu":
-        entry.module, entry.reason = _import_compiled("vaekernels._C", warn=True)
+        # _C brings its own OpenMP runtime (the system libgomp; torch bundles another).  Its
+        # threads must sleep, not spin, between kernels, or they steal the cores torch's pool is
+        # about to use (and vice versa): libgomp reads OMP_WAIT_POLICY once, when it loads.
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        os.environ["OMP_WAIT_POLICY"] = policy or "PASSIVE"
+        try:
+            entry.module, entry.reason = _import_compiled("vaekernels._C", warn=True)
+        finally:
+            if policy is None:
+                del os.environ["OMP_WAIT_POLICY"]
     elif name == "cuda":
         if not torch.cuda.is_available():
             built = importlib.util.find_spec("vaekernels._C_cuda") is not None
@@ -149,6 +164,9 @@ def default_backend(op: str, device_type: str, dtype: Optional[torch.dtype] = No
     return "reference"
 
 
+# Under torch.compile the choice is made once, at trace time, and baked into the graph as a
+# constant: dynamo cannot trace ContextVar.get or the lazy imports, and need not.
+@torch.compiler.assume_constant_result
 def resolve(op: str, device: torch.device, dtype: torch.dtype, requested: Optional[str] = None) -> str:
     """The backend that runs ``op`` on tensors of ``device``/``dtype``: see the module docstring."""
     if requested is None:

@@ -9,7 +9,7 @@ import torch
 from . import __version__, backends
 
 # The public ops and the backend choice key each one resolves under.
-OPS = ("reparameterize",)
+OPS = ("reparameterize", "gaussian_kl", "iwae_bound", "log_mean_exp", "gaussian_log_prob")
 
 
 def collect() -> dict:

@@ -39,6 +39,63 @@ void reparameterize_bwd_cuda(const void* grad_z, const void* logvar, const int64
                              void* grad_mu, void* grad_logvar, int64_t n, int64_t k, int dtype,
                              void* stream, int device);
 
+// IWAE / Renyi bound (iwae_bound.cu).  z: [k, b, d]; mu, logvar: [b, d]; prior_mu, prior_logvar:
+// null (0) or rows of d with row stride 0 ([d]) or d ([b, d]); all of `dtype`.  log_px_z, weights:
+// [k, b] and bound: [b] float32.  bound = 1/(1-alpha) (logsumexp_k (1-alpha) log w_k - log k)
+// (alpha == 1: mean_k log w_k); weights = its derivatives by log w_k (0 where the bound is -inf).
+void iwae_bound_fwd_cuda(const float* log_px_z, const void* z, const void* mu, const void* logvar,
+                         const void* prior_mu, int64_t prior_mu_stride, const void* prior_logvar,
+                         int64_t prior_logvar_stride, float* bound, float* weights, int64_t k, int64_t b,
+                         int64_t d, double alpha, int dtype, void* stream, int device);
+
+// Its gradients from grad [b] (float32): grad_log_px_z [k, b] float32, grad_z [k, b, d]; grad_mu,
+// grad_logvar [b, d] or null (not computed: STL); grad_prior_* the prior's shape, or null.  d == 0
+// does nothing (the caller writes grad_log_px_z = grad * weights).
+void iwae_bound_bwd_cuda(const float* grad, const float* weights, const void* z, const void* mu,
+                         const void* logvar, const void* prior_mu, int64_t prior_mu_stride,
+                         const void* prior_logvar, int64_t prior_logvar_stride, float* grad_log_px_z,
+                         void* grad_z, void* grad_mu, void* grad_logvar, void* grad_prior_mu,
+                         void* grad_prior_logvar, int64_t k, int64_t b, int64_t d, int dtype, void* stream,
+                         int device);
+
+// Diagonal Gaussian log-density (gaussian_log_prob.cu): z [s, n, d], mu, logvar [n, d] of `dtype`
+// -> out [s, n] float32 = -1/2 sum_d (log 2pi + logvar + (z - mu)^2 e^-logvar).
+void gaussian_log_prob_fwd_cuda(const void* z, const void* mu, const void* logvar, float* out, int64_t s,
+                                int64_t n, int64_t d, int dtype, void* stream, int device);
+
+// Its gradients from grad [s, n] (float32): grad_z [s, n, d], grad_mu, grad_logvar [n, d].  Empty
+// sizes do nothing (the caller writes the zero gradients).
+void gaussian_log_prob_bwd_cuda(const float* grad, const void* z, const void* mu, const void* logvar,
+                                void* grad_z, void* grad_mu, void* grad_logvar, int64_t s, int64_t n, int64_t d,
+                                int dtype, void* stream, int device);
+
+// log-mean-exp (log_mean_exp.cu): x [outer, n, inner] of `dtype` -> out [outer, inner] float32 =
+// log (1/n) sum_j exp(x[o, j, i]).
+void log_mean_exp_fwd_cuda(const void* x, float* out, int64_t outer, int64_t n, int64_t inner, int dtype,
+                           void* stream, int device);
+
+// grad_x = grad * exp(x - out - log n) (0 where out = -inf); grad, out: [outer, inner] float32.
+void log_mean_exp_bwd_cuda(const float* grad, const void* x, const float* out, void* grad_x, int64_t outer,
+                           int64_t n, int64_t inner, int dtype, void* stream, int device);
+
+// Gaussian KL (gaussian_kl.cu).  mu, logvar: [n, d]; prior_mu, prior_logvar: [p, d] or null (0),
+// example r uses prior row r % p; all of `dtype`.  KL[r, c] = 0.5 (e^delta - 1 - delta)
+// + 0.5 (mu - pm)^2 e^-plv with delta = logvar - plv, in float32.  reduction 0: out [n, d] = KL;
+// 1: out [n] = row sums; 2: out [] = total; 3: out [] = total / n.  free_bits > 0: col [d] gets the
+// column means of KL and a column whose mean is below free_bits is that constant (else col is
+// unused).  Deterministic (fixed summation orders); scratch from cudaMallocAsync on the stream.
+void gaussian_kl_fwd_cuda(const void* mu, const void* logvar, const void* prior_mu, const void* prior_logvar,
+                          float* out, float* col, int64_t n, int64_t d, int64_t p, int reduction, double free_bits,
+                          int dtype, void* stream, int device);
+
+// Its gradients: grad (float32, shaped as out) -> grad_mu, grad_logvar [n, d] and grad_prior_mu,
+// grad_prior_logvar [p, d] (null when that prior is), all of `dtype`; col: the forward's column
+// means (read when free_bits > 0; a clamped column passes no gradient).
+void gaussian_kl_bwd_cuda(const float* grad, const void* mu, const void* logvar, const void* prior_mu,
+                          const void* prior_logvar, const float* col, void* grad_mu, void* grad_logvar,
+                          void* grad_prior_mu, void* grad_prior_logvar, int64_t n, int64_t d, int64_t p, int reduction,
+                          double free_bits, int dtype, void* stream, int device);
+
 // cudaGetDeviceCount, or 0 (no exception) when there is no device or no usable driver.
 int cuda_device_count();
 

@@ -61,6 +61,9 @@ def _uniform(w: torch.Tensor) -> torch.Tensor:
     return (w.to(torch.float32).to(torch.float64) * 2.0**-32 + 2.0**-33).to(torch.float32).to(torch.float64)
 
 
+# Eager even inside torch.compile: the stream depends on the seed's value (a data-dependent int),
+# which a traced graph would otherwise bake in as a constant.
+@torch.compiler.disable
 def normal(seed, numel: int, start: int = 0, device=None) -> torch.Tensor:
     """Elements start .. start+numel-1 of the normal stream keyed by ``seed`` (float32, 1-D).
 

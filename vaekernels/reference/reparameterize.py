@@ -16,7 +16,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor, n
 
     Element e of z viewed as a row-major [K, N] array (N = mu.numel(), logical order) uses
     normal e of the stream.  Half-precision inputs are computed in float32, as the kernels do."""
-    eps = random.normal(int(seed), num_samples * mu.numel(), device=mu.device).view(num_samples, *mu.shape)
+    eps = random.normal(seed, num_samples * mu.numel(), device=mu.device).view(num_samples, *mu.shape)
     compute = torch.float64 if mu.dtype == torch.float64 else torch.float32
     z = mu.to(compute) + torch.exp(0.5 * logvar.to(compute)) * eps.to(compute)
     return z.to(mu.dtype)

@@ -12,10 +12,14 @@
 #pragma once
 #include <stdint.h>
 
+// Host code: `static inline`, i.e. internal linkage.  csrc/cpu/*.cpp are compiled once per ISA
+// (generic, avx2, avx512) into one module; with plain `inline` an out-of-line copy of, say,
+// philox4x32_10 would have the same mangled name in every ISA object and the linker would keep
+// just one of them, so the generic path could end up running AVX-512 code.
 #if defined(__CUDACC__)
 #define VK_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define VK_HOST_DEVICE inline
+#define VK_HOST_DEVICE static inline
 #endif
 
 namespace vaekernels {

@@ -1,0 +1,217 @@
+// Helpers shared by the CPU kernel files (csrc/cpu/*.cpp): storage types and the type the
+// arithmetic runs in, dtype dispatch, row loops that gcc vectorizes, and an OpenMP split whose
+// results never depend on the thread count.
+//
+// Included only from csrc/cpu/*.cpp, compiled once per ISA with -DVK_CPU_ISA=<name>; everything
+// lives in vaekernels::cpu::<ISA>::(anonymous), like vecmath.h, so copies for different ISAs
+// never merge at link time.
+#pragma once
+
+#include <stdint.h>
+#include <string.h>
+
+#include <utility>
+
+#include "cpu/vecmath.h"
+#include "vaekernels/dtype.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vaekernels {
+namespace cpu {
+namespace VK_CPU_ISA {
+namespace {
+
+// Storage type S and compute type C: float32 arithmetic for the 16-bit types (converted with
+// round to nearest even on the way out), float64 for float64.
+struct F32 {
+  using S = float;
+  using C = float;
+  static VK_INLINE C load(S x) { return x; }
+  static VK_INLINE S store(C x) { return x; }
+};
+struct F16 {
+  using S = uint16_t;
+  using C = float;
+  static VK_INLINE C load(S x) { return half_to_float<float>(uint32_t{x}); }
+  static VK_INLINE S store(C x) { return static_cast<S>(float_to_half<uint32_t>(x)); }
+};
+struct BF16 {
+  using S = uint16_t;
+  using C = float;
+  static VK_INLINE C load(S x) { return bf16_to_float<float>(uint32_t{x}); }
+  static VK_INLINE S store(C x) { return static_cast<S>(float_to_bf16<uint32_t>(x)); }
+};
+struct F64 {
+  using S = double;
+  using C = double;
+  static VK_INLINE C load(S x) { return x; }
+  static VK_INLINE S store(C x) { return x; }
+};
+
+// fn(F32{}) / fn(F16{}) / ... for a dtype code of vaekernels/dtype.h (unknown codes: nothing;
+// the binding rejects them before the call).
+template <class Fn>
+void dispatch_dtype(int dtype, Fn&& fn) {
+  switch (dtype) {
+    case kFloat32: return fn(F32{});
+    case kFloat16: return fn(F16{});
+    case kBFloat16: return fn(BF16{});
+    case kFloat64: return fn(F64{});
+  }
+}
+
+VK_INLINE float exp_c(float x) { return exp_f32(x); }  // ~1 ulp, vectorizable (vecmath.h)
+VK_INLINE double exp_c(double x) { return __builtin_exp(x); }
+VK_INLINE float log_c(float x) { return __builtin_logf(x); }
+VK_INLINE double log_c(double x) { return __builtin_log(x); }
+
+// Functors for vaekernels/logsumexp.h.
+struct ExpC {
+  template <class T>
+  VK_INLINE T operator()(T x) const { return exp_c(x); }
+};
+struct LogC {
+  template <class T>
+  VK_INLINE T operator()(T x) const { return log_c(x); }
+};
+
+VK_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+VK_INLINE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+VK_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// sum_{i < n} f(i) in type C, as kSumLanes interleaved partial sums (lane l takes i = l mod
+// kSumLanes; gcc turns the lane loop into two SIMD registers of accumulators) folded by a fixed
+// pairwise tree of lane rotations (in registers: a scalar fold would cost as much as the sum).
+// The order depends on n only: deterministic, and closer to the exact sum than one running sum
+// (error ~ (n / kSumLanes + log2 kSumLanes) ulp of the terms' sum instead of n ulp).
+template <class C>
+constexpr int kSumLanes = 128 / sizeof(C);
+
+// v += v rotated by R lanes, then by R/2, ..., 1: lane 0 ends with the sum of all lanes.
+template <int R, class V, size_t... Is>
+VK_INLINE void fold_lanes(V& v, std::index_sequence<Is...> lanes) {
+  v += __builtin_shufflevector(v, v, ((Is + R) % sizeof...(Is))...);
+  if constexpr (R > 1) fold_lanes<R / 2>(v, lanes);
+}
+
+template <class C, class F>
+VK_INLINE C row_sum(int64_t n, const F& f) {
+  constexpr int W = kSumLanes<C>;
+  typedef C V __attribute__((vector_size(W * sizeof(C))));
+  C acc[W] = {};
+  int64_t i = 0;
+  for (; i + W <= n; i += W)
+    for (int l = 0; l < W; ++l) acc[l] += f(i + l);
+  for (int l = 0; i + l < n; ++l) acc[l] += f(i + l);
+  V v;
+  memcpy(&v, acc, sizeof v);
+  fold_lanes<W / 2>(v, std::make_index_sequence<W>{});
+  return v[0];
+}
+
+// Prefetches `bytes` from p into cache.  The kernels walk a block of rows per sample k, then jump
+// B rows ahead to sample k + 1: a stride the hardware prefetchers do not follow, so each row of the
+// next sample is prefetched while the current one is computed.
+VK_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o, 0, 3);
+}
+
+// Copies `bytes` from src (a row just computed, in L1) to dst with non-temporal stores where dst
+// is aligned (plain stores for the head and the tail).  For an output written once and read only
+// much later (a gradient of z's size) this skips the read-for-ownership of every cache line: a
+// third of the memory traffic of a pass that reads z and writes dz.  Callers end their work with
+// stream_fence().
+VK_INLINE void stream_bytes(void* dst, const void* src, int64_t bytes) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+#if defined(__AVX512F__)
+  constexpr int64_t kV = 64;
+#elif defined(__AVX__)
+  constexpr int64_t kV = 32;
+#elif defined(__SSE2__)
+  constexpr int64_t kV = 16;
+#else
+  constexpr int64_t kV = 1;
+#endif
+  const int64_t head = min64(bytes, (kV - static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % kV)) % kV);
+  memcpy(d, s, head);
+  d += head, s += head, bytes -= head;
+#if defined(__SSE2__)
+  for (; bytes >= kV; bytes -= kV, d += kV, s += kV) {
+#if defined(__AVX512F__)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+#elif defined(__AVX__)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+#else
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+#endif
+  }
+#endif
+  memcpy(d, s, bytes);
+}
+
+// Orders this thread's non-temporal stores before whatever follows (they are weakly ordered).
+VK_INLINE void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// Threads for a call that touches `work` elements: 1 (no OpenMP fork, which costs several
+// microseconds) below kSerialBelow; else num_threads (<= 0: the OpenMP default).
+constexpr int64_t kSerialBelow = 32768;
+
+inline int threads_for(int64_t work, int num_threads) {
+#ifdef _OPENMP
+  if (work >= kSerialBelow) return num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+  (void)num_threads;
+#endif
+  (void)work;
+  return 1;
+}
+
+// body(begin, end) over a static split of [0, items) into one contiguous range per thread, so
+// that each thread sets up its scratch once.  Callers make every item's result independent of
+// which thread runs it (and combine items in item order), so results never depend on threads.
+template <class Body>
+void parallel_ranges(int64_t items, int threads, const Body& body) {
+  if (threads <= 1 || items <= 1) {
+    if (items > 0) body(int64_t{0}, items);
+    return;
+  }
+  const int t = static_cast<int>(min64(threads, items));
+#pragma omp parallel num_threads(t)
+  {
+#ifdef _OPENMP
+    const int64_t id = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t id = 0, nt = 1;
+#endif
+    const int64_t begin = items * id / nt, end = items * (id + 1) / nt;
+    if (begin < end) body(begin, end);
+  }
+}
+
+// out[j] = sum_{r < rows} part[r * cols + j] in row order r = 0, 1, ... (deterministic), for a
+// column sum of per-block partials; parallel over columns.
+template <class C, class Out>
+void sum_rows(const C* part, int64_t rows, int64_t cols, int threads, const Out& out) {
+  parallel_ranges(ceil_div(cols, 64), threads_for(rows * cols, threads), [&](int64_t c0, int64_t c1) {
+    for (int64_t j0 = 64 * c0; j0 < min64(cols, 64 * c1); j0 += 64) {
+      const int64_t nj = min64(64, cols - j0);
+      C acc[64] = {};
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < nj; ++j) acc[j] += part[r * cols + j0 + j];
+      for (int64_t j = 0; j < nj; ++j) out(j0 + j, acc[j]);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace VK_CPU_ISA
+}  // namespace cpu
+}  // namespace vaekernels

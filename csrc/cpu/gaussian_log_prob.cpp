@@ -1,0 +1,189 @@
+// The diagonal Gaussian log-density on the CPU, summed over the last dimension: one pass over z.
+//
+//   out[s, n] = -1/2 sum_d (log 2 pi + lv[n, d] + (z[s, n, d] - mu[n, d])^2 e^-lv[n, d])
+//   z: [S, N, D]; mu, logvar: [N, D] (broadcast over the S leading samples); out: [S, N] in the
+//   compute type C (float32, or float64 for float64 inputs).
+//
+// Backward, with c = grad[s, n], u = z - mu, iv = e^-lv:
+//   grad_z[s, n]   = -c u iv
+//   grad_mu[n]     = iv sum_s c u          grad_logvar[n] = -1/2 (sum_s c - iv sum_s c u^2)
+//
+// Work split: tasks of (kBlockN examples) x (a chunk of the S samples); e^-lv is computed once
+// per task and example, never per sample.  Rows of the next sample are prefetched (N rows ahead:
+// too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
+// backward's per-chunk partial sums are added in chunk order: results do not depend on the
+// thread count.
+#include <vector>
+
+#include "cpu/common.h"
+#include "cpu/kernels.h"
+
+namespace vaekernels {
+namespace cpu {
+namespace VK_CPU_ISA {
+namespace {
+
+constexpr int64_t kBlockN = 32;     // examples per task
+constexpr int64_t kMinTasks = 64;   // split the samples until there are this many tasks (if S allows)
+constexpr double kLog2Pi = 1.83787706640934548356;
+
+struct Split {
+  int64_t nblocks, schunks, chunk;  // tasks = nblocks x schunks; a chunk is `chunk` samples
+};
+
+Split make_split(int64_t s, int64_t n) {
+  Split p;
+  p.nblocks = ceil_div(n, kBlockN);
+  p.schunks = max64(1, min64(s, ceil_div(kMinTasks, p.nblocks)));
+  p.chunk = ceil_div(s, p.schunks);
+  p.schunks = ceil_div(s, p.chunk);
+  return p;
+}
+
+// mu (m) and e^-lv (iv) of examples n0 .. n0 + nb in the compute type, and per example
+// half_c = 1/2 sum_d (log 2 pi + lv).
+template <class D>
+struct Staged {
+  using C = typename D::C;
+  std::vector<C> m, iv;
+  C half_c[kBlockN];
+
+  explicit Staged(int64_t d) : m(kBlockN * d), iv(kBlockN * d) {}
+
+  void load(const typename D::S* mu, const typename D::S* logvar, int64_t n0, int64_t nb, int64_t d) {
+    for (int64_t j = 0; j < nb; ++j) {
+      const typename D::S* mr = mu + (n0 + j) * d;
+      const typename D::S* lr = logvar + (n0 + j) * d;
+      for (int64_t i = 0; i < d; ++i) {
+        m[j * d + i] = D::load(mr[i]);
+        iv[j * d + i] = exp_c(-D::load(lr[i]));
+      }
+      half_c[j] = C(0.5) * row_sum<C>(d, [&](int64_t i) { return C(kLog2Pi) + D::load(lr[i]); });
+    }
+  }
+};
+
+template <class D>
+void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* logvar, typename D::C* out, int64_t s,
+         int64_t n, int64_t d, int num_threads) {
+  using C = typename D::C;
+  const Split p = make_split(s, n);
+  parallel_ranges(p.nblocks * p.schunks, threads_for(s * n * max64(d, 1), num_threads), [&](int64_t t0, int64_t t1) {
+    Staged<D> st(d);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nblk = t % p.nblocks, sc = t / p.nblocks;
+      const int64_t n0 = nblk * kBlockN, nb = min64(kBlockN, n - n0);
+      const int64_t s0 = sc * p.chunk, s1 = min64(s, s0 + p.chunk);
+      st.load(mu, logvar, n0, nb, d);
+      for (int64_t si = s0; si < s1; ++si)
+        for (int64_t j = 0; j < nb; ++j) {
+          const typename D::S* zr = z + (si * n + n0 + j) * d;
+          if (si + 1 < s1) prefetch_bytes(zr + n * d, d * sizeof(*zr));  // this row of the next sample
+          const C* mj = st.m.data() + j * d;
+          const C* ivj = st.iv.data() + j * d;
+          const C quad = row_sum<C>(d, [&](int64_t i) {
+            const C u = D::load(zr[i]) - mj[i];
+            return u * u * ivj[i];
+          });
+          out[si * n + n0 + j] = -st.half_c[j] - C(0.5) * quad;
+        }
+    }
+  });
+}
+
+template <class D>
+void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S* mu, const typename D::S* logvar,
+         typename D::S* grad_z, typename D::S* grad_mu, typename D::S* grad_logvar, int64_t s, int64_t n, int64_t d,
+         int num_threads) {
+  using C = typename D::C;
+  const Split p = make_split(s, n);
+  const int threads = threads_for(s * n * max64(d, 1), num_threads);
+  // Per sample chunk: partial sums over its samples of c u iv and c (1 - u^2 iv) -- written
+  // straight to the gradients when there is one chunk, else summed over chunks in order.
+  const bool split = p.schunks > 1;
+  std::vector<C> part_mu(split ? p.schunks * n * d : 0), part_lv(split ? p.schunks * n * d : 0);
+  parallel_ranges(p.nblocks * p.schunks, threads, [&](int64_t t0, int64_t t1) {
+    Staged<D> st(d);
+    std::vector<C> acc(2 * kBlockN * d);  // [0]: sum c u, [1]: sum c u^2, per example of the block
+    std::vector<typename D::S> dz(d);     // one row of grad_z, streamed out (stream_bytes)
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t nblk = t % p.nblocks, sc = t / p.nblocks;
+      const int64_t n0 = nblk * kBlockN, nb = min64(kBlockN, n - n0);
+      const int64_t s0 = sc * p.chunk, s1 = min64(s, s0 + p.chunk);
+      st.load(mu, logvar, n0, nb, d);
+      for (C& v : acc) v = 0;
+      C csum[kBlockN] = {};
+      for (int64_t si = s0; si < s1; ++si)
+        for (int64_t j = 0; j < nb; ++j) {
+          const int64_t row = si * n + n0 + j;
+          const C c = grad[row];
+          csum[j] += c;
+          const typename D::S* zr = z + row * d;
+          if (si + 1 < s1) prefetch_bytes(zr + n * d, d * sizeof(*zr));  // this row of the next sample
+          const C* mj = st.m.data() + j * d;
+          const C* ivj = st.iv.data() + j * d;
+          C* a1 = acc.data() + j * d;
+          C* a2 = acc.data() + (kBlockN + j) * d;
+          for (int64_t i = 0; i < d; ++i) {
+            const C u = D::load(zr[i]) - mj[i];
+            const C cu = c * u;
+            dz[i] = D::store(-cu * ivj[i]);
+            a1[i] += cu;
+            a2[i] += cu * u;
+          }
+          stream_bytes(grad_z + row * d, dz.data(), d * sizeof(dz[0]));
+        }
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t e = (n0 + j) * d;
+        const C* ivj = st.iv.data() + j * d;
+        const C* a1 = acc.data() + j * d;
+        const C* a2 = acc.data() + (kBlockN + j) * d;
+        for (int64_t i = 0; i < d; ++i) {
+          const C gm = ivj[i] * a1[i], gl = C(-0.5) * (csum[j] - ivj[i] * a2[i]);
+          if (split) {
+            part_mu[sc * n * d + e + i] = gm;
+            part_lv[sc * n * d + e + i] = gl;
+          } else {
+            grad_mu[e + i] = D::store(gm);
+            grad_logvar[e + i] = D::store(gl);
+          }
+        }
+      }
+    }
+    stream_fence();
+  });
+  if (split) {
+    sum_rows(part_mu.data(), p.schunks, n * d, num_threads, [&](int64_t i, C v) { grad_mu[i] = D::store(v); });
+    sum_rows(part_lv.data(), p.schunks, n * d, num_threads, [&](int64_t i, C v) { grad_logvar[i] = D::store(v); });
+  }
+}
+
+}  // namespace
+
+void gaussian_log_prob_fwd(const void* z, const void* mu, const void* logvar, void* out, int64_t s, int64_t n,
+                           int64_t d, int dtype, int num_threads) {
+  if (s <= 0 || n <= 0 || d < 0) return;
+  dispatch_dtype(dtype, [&](auto tag) {
+    using D = decltype(tag);
+    using S = typename D::S;
+    fwd<D>(static_cast<const S*>(z), static_cast<const S*>(mu), static_cast<const S*>(logvar),
+           static_cast<typename D::C*>(out), s, n, d, num_threads);
+  });
+}
+
+void gaussian_log_prob_bwd(const void* grad, const void* z, const void* mu, const void* logvar, void* grad_z,
+                           void* grad_mu, void* grad_logvar, int64_t s, int64_t n, int64_t d, int dtype,
+                           int num_threads) {
+  if (s <= 0 || n <= 0 || d <= 0) return;  // empty: the caller writes the zero gradients
+  dispatch_dtype(dtype, [&](auto tag) {
+    using D = decltype(tag);
+    using S = typename D::S;
+    bwd<D>(static_cast<const typename D::C*>(grad), static_cast<const S*>(z), static_cast<const S*>(mu),
+           static_cast<const S*>(logvar), static_cast<S*>(grad_z), static_cast<S*>(grad_mu),
+           static_cast<S*>(grad_logvar), s, n, d, num_threads);
+  });
+}
+
+}  // namespace VK_CPU_ISA
+}  // namespace cpu
+}  // namespace vaekernels

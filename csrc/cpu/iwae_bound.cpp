@@ -1,0 +1,305 @@
+// The IWAE / Renyi bound on the CPU: forward and backward, each one pass over z.
+//
+//   log w[k, b] = lpx[k, b] + log N(z[k, b]; pm_b, e^plv_b) - log N(z[k, b]; mu_b, e^lv_b)
+//               = lpx[k, b] - 1/2 sum_d (plv - lv) - 1/2 sum_d ((z - pm)^2 e^-plv - (z - mu)^2 e^-lv)
+//     (the log 2 pi terms cancel; the difference is summed term by term, so a prior equal to q
+//     gives exactly 0, and e^-lv, e^-plv are computed once per example, not per sample)
+//   bound[b] = 1/(1 - alpha) (logsumexp_k (1 - alpha) log w[k, b] - log K)   (alpha = 1: mean_k)
+//   weight[k, b] = exp((1 - alpha) log w[k, b] - L_b)    (alpha = 1: 1/K; bound -inf: 0)
+//   lpx, bound, weight: compute type C (float32, or float64 for float64 z); z: [K, B, D],
+//   mu, logvar: [B, D]; pm, plv: [B, D] (row stride D), [D] (row stride 0) or absent (0).
+//   The -inf / +inf / NaN rules are those of vaekernels/logsumexp.h.
+//
+// Backward, with c[k, b] = grad[b] * weight[k, b] (the bound's derivative by log w[k, b]),
+// u = z - mu, v = z - pm, iq = e^-lv, ip = e^-plv:
+//   grad_lpx[k, b] = c
+//   grad_z[k, b]   = c (u iq - v ip)
+//   grad_mu[b]     = -iq sum_k c u           grad_logvar[b] = 1/2 (sum_k c - iq sum_k c u^2)
+//   grad_pm[b]     =  ip sum_k c v           grad_plv[b]    = -1/2 (sum_k c - ip sum_k c v^2)
+//   (grad_mu, grad_logvar: the density of q's own parameters; absent with STL.  A [D] prior's
+//   gradients are summed over b.)  A sample with c = 0 is skipped: its rows are exact zeros
+//   even where its log w is -inf (0 * inf would be NaN).
+//
+// Work split: blocks of kBlockB consecutive examples (B order), each a task that walks k and,
+// for each k, the block's rows z[k, b0 .. b0 + nb) -- one contiguous stretch of memory -- while
+// prefetching the same rows of sample k + 1 (B rows further: too far for the hardware
+// prefetcher).  Every example's arithmetic is the same whichever thread runs it, and a [D]
+// prior's gradient is summed per block, then over blocks in block order: results do not depend
+// on the thread count.
+#include <string.h>
+
+#include <vector>
+
+#include "cpu/common.h"
+#include "cpu/kernels.h"
+#include "vaekernels/logsumexp.h"
+
+namespace vaekernels {
+namespace cpu {
+namespace VK_CPU_ISA {
+namespace {
+
+constexpr int64_t kBlockB = 32;  // examples per task (their rows of one sample: 32 KB of z at D = 256)
+
+template <class D>
+struct IwaeArgs {
+  using S = typename D::S;
+  const S* z;
+  const S* mu;
+  const S* logvar;
+  const S* pm;  // null: 0
+  const S* plv;  // null: 0
+  int64_t pm_stride, plv_stride;  // 0 ([D]) or d ([B, D])
+  int64_t k, b, d;
+};
+
+// Per-example parameters in the compute type, for the nb examples of a block: row j of each
+// array holds example b0 + j.  q: mu and iq = e^-lv; prior (kPrior): pm and ip = e^-plv, plus
+// half_dlv = 1/2 sum_d (plv - lv).  Without a prior (kPrior false) pm = 0 and ip = 1 implicitly.
+template <class D, bool kPrior>
+struct Staged {
+  using C = typename D::C;
+  std::vector<C> m, iq, pm, ip;
+  C half_dlv[kBlockB];
+
+  explicit Staged(int64_t d)
+      : m(kBlockB * d), iq(kBlockB * d), pm(kPrior ? kBlockB * d : 0), ip(kPrior ? kBlockB * d : 0) {}
+
+  void load(const IwaeArgs<D>& a, int64_t b0, int64_t nb) {
+    const int64_t d = a.d;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t b = b0 + j;
+      C* mj = m.data() + j * d;
+      C* iqj = iq.data() + j * d;
+      const typename D::S* mu = a.mu + b * d;
+      const typename D::S* lv = a.logvar + b * d;
+      for (int64_t i = 0; i < d; ++i) {
+        mj[i] = D::load(mu[i]);
+        iqj[i] = exp_c(-D::load(lv[i]));  // e^-lv: inf for lv < -88 (float32), as the formula says
+      }
+      C* pmj = kPrior ? pm.data() + j * d : nullptr;
+      C* ipj = kPrior ? ip.data() + j * d : nullptr;
+      if (kPrior) {
+        const typename D::S* p = a.pm ? a.pm + b * a.pm_stride : nullptr;
+        const typename D::S* pl = a.plv ? a.plv + b * a.plv_stride : nullptr;
+        for (int64_t i = 0; i < d; ++i) {
+          pmj[i] = p ? D::load(p[i]) : C(0);
+          ipj[i] = pl ? exp_c(-D::load(pl[i])) : C(1);
+        }
+      }
+      half_dlv[j] = C(0.5) * row_sum<C>(d, [&](int64_t i) {
+        const C plv_i = kPrior && a.plv ? D::load(a.plv[b * a.plv_stride + i]) : C(0);
+        return plv_i - D::load(lv[i]);
+      });
+    }
+  }
+};
+
+template <class D, bool kPrior>
+void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, typename D::C* bound,
+         typename D::C* weight, int num_threads) {
+  using C = typename D::C;
+  const int64_t d = a.d, B = a.b, K = a.k;
+  const C one_minus = static_cast<C>(rb.one_minus);
+  const C inf = __builtin_huge_val();
+  parallel_ranges(ceil_div(B, kBlockB), threads_for(K * B * max64(d, 1), num_threads), [&](int64_t t0, int64_t t1) {
+    Staged<D, kPrior> st(d);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = t * kBlockB, nb = min64(kBlockB, B - b0);
+      st.load(a, b0, nb);
+      // Online state per example: (m, s) of logsumexp_k r_k, or s = sum_k lw_k for alpha = 1.
+      C m[kBlockB], s[kBlockB], lse[kBlockB], y[kBlockB];
+      for (int64_t j = 0; j < kBlockB; ++j) m[j] = -inf, s[j] = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        C* wk = weight + k * B + b0;  // log w first; normalized in place below
+        const C* lk = lpx + k * B + b0;
+        for (int64_t j = 0; j < nb; ++j) {
+          const typename D::S* zr = a.z + (k * B + b0 + j) * d;
+          if (k + 1 < K) prefetch_bytes(zr + B * d, d * sizeof(*zr));  // this row of sample k + 1
+          const C* mj = st.m.data() + j * d;
+          const C* iqj = st.iq.data() + j * d;
+          const C* pmj = st.pm.data() + j * d;
+          const C* ipj = st.ip.data() + j * d;
+          // sum_d (z - pm)^2 ip - (z - mu)^2 iq, float32 (float64) lanes, fixed order.
+          const C quad = row_sum<C>(d, [&](int64_t i) {
+            const C x = D::load(zr[i]);
+            const C u = x - mj[i];
+            const C v = kPrior ? x - pmj[i] : x;
+            return kPrior ? v * v * ipj[i] - u * u * iqj[i] : v * v - u * u * iqj[i];
+          });
+          wk[j] = lk[j] - st.half_dlv[j] - C(0.5) * quad;
+        }
+        if (rb.elbo) {
+          for (int64_t j = 0; j < nb; ++j) s[j] += wk[j];
+        } else {
+          for (int64_t j = 0; j < nb; ++j) lse_merge(m[j], s[j], one_minus * wk[j], C(1), ExpC{});
+        }
+      }
+      for (int64_t j = 0; j < nb; ++j) {
+        lse[j] = lse_value(m[j], s[j], LogC{});
+        y[j] = renyi_value(rb, rb.elbo ? s[j] : lse[j]);
+        bound[b0 + j] = y[j];
+      }
+      for (int64_t k = 0; k < K; ++k) {
+        C* wk = weight + k * B + b0;
+        for (int64_t j = 0; j < nb; ++j) wk[j] = renyi_weight(rb, wk[j], y[j], lse[j], ExpC{});
+      }
+    }
+  });
+}
+
+// Gradient outputs; a null pointer is a gradient nobody asked for (not computed).
+template <class D>
+struct IwaeGrads {
+  typename D::C* lpx;  // [K, B]
+  typename D::S* z;    // [K, B, D]
+  typename D::S* mu;   // [B, D]  (null with STL)
+  typename D::S* logvar;
+  typename D::S* pm;   // the prior's shape
+  typename D::S* plv;
+};
+
+template <class D, bool kPrior>
+void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* weight, const IwaeGrads<D>& g,
+         int num_threads) {
+  using C = typename D::C;
+  using S = typename D::S;
+  const int64_t d = a.d, B = a.b, K = a.k;
+  const int64_t tasks = ceil_div(B, kBlockB);
+  const bool q_grad = g.mu != nullptr || g.logvar != nullptr;
+  // A [D] prior's gradient: one partial row per task, summed over tasks afterwards in order.
+  const bool pm_shared = kPrior && g.pm && a.pm_stride == 0, plv_shared = kPrior && g.plv && a.plv_stride == 0;
+  std::vector<C> pm_part(pm_shared ? tasks * d : 0), plv_part(plv_shared ? tasks * d : 0);
+  const int threads = threads_for(K * B * max64(d, 1), num_threads);
+  parallel_ranges(tasks, threads, [&](int64_t t0, int64_t t1) {
+    Staged<D, kPrior> st(d);
+    // Sums over k per example and latent dim: A1 = sum c u, A2 = sum c u^2, P1 = sum c v, P2 = sum c v^2.
+    std::vector<C> acc((kPrior ? 4 : 2) * kBlockB * d);
+    std::vector<S> dz(d);  // one row of grad_z, streamed out (stream_bytes)
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = t * kBlockB, nb = min64(kBlockB, B - b0);
+      st.load(a, b0, nb);
+      memset(acc.data(), 0, acc.size() * sizeof(C));
+      C csum[kBlockB] = {};  // sum_k c (= grad[b] unless the bound is -inf)
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t j = 0; j < nb; ++j) {
+          const int64_t row = k * B + b0 + j;
+          const C c = grad[b0 + j] * weight[row];
+          g.lpx[row] = c;
+          if (c == C(0)) {  // zero weight (log w = -inf, or a -inf bound): exact zeros, no 0 * inf
+            memset(g.z + row * d, 0, d * sizeof(S));
+            continue;
+          }
+          csum[j] += c;
+          const S* zr = a.z + row * d;
+          if (k + 1 < K) prefetch_bytes(zr + B * d, d * sizeof(S));  // this row of sample k + 1
+          const C* mj = st.m.data() + j * d;
+          const C* iqj = st.iq.data() + j * d;
+          const C* pmj = st.pm.data() + j * d;
+          const C* ipj = st.ip.data() + j * d;
+          C* a1 = acc.data() + (0 * kBlockB + j) * d;
+          C* a2 = acc.data() + (1 * kBlockB + j) * d;
+          C* p1 = kPrior ? acc.data() + (2 * kBlockB + j) * d : nullptr;
+          C* p2 = kPrior ? acc.data() + (3 * kBlockB + j) * d : nullptr;
+          for (int64_t i = 0; i < d; ++i) {
+            const C x = D::load(zr[i]);
+            const C u = x - mj[i];
+            const C v = kPrior ? x - pmj[i] : x;
+            const C cu = c * u, cv = c * v;
+            dz[i] = D::store(cu * iqj[i] - (kPrior ? cv * ipj[i] : cv));
+            a1[i] += cu;
+            a2[i] += cu * u;
+            if (kPrior) {
+              p1[i] += cv;
+              p2[i] += cv * v;
+            }
+          }
+          stream_bytes(g.z + row * d, dz.data(), d * sizeof(S));
+        }
+      }
+      for (int64_t j = 0; j < nb; ++j) {
+        const int64_t b = b0 + j;
+        const C* iqj = st.iq.data() + j * d;
+        const C* a1 = acc.data() + (0 * kBlockB + j) * d;
+        const C* a2 = acc.data() + (1 * kBlockB + j) * d;
+        if (q_grad) {
+          for (int64_t i = 0; i < d; ++i) {
+            if (g.mu) g.mu[b * d + i] = D::store(-iqj[i] * a1[i]);
+            if (g.logvar) g.logvar[b * d + i] = D::store(C(0.5) * (csum[j] - iqj[i] * a2[i]));
+          }
+        }
+        if (kPrior) {
+          const C* ipj = st.ip.data() + j * d;
+          const C* p1 = acc.data() + (2 * kBlockB + j) * d;
+          const C* p2 = acc.data() + (3 * kBlockB + j) * d;
+          C* pmp = pm_shared ? pm_part.data() + t * d : nullptr;
+          C* plvp = plv_shared ? plv_part.data() + t * d : nullptr;
+          for (int64_t i = 0; i < d; ++i) {
+            const C gpm = ipj[i] * p1[i];
+            const C gplv = C(-0.5) * (csum[j] - ipj[i] * p2[i]);
+            if (pmp) pmp[i] = j == 0 ? gpm : pmp[i] + gpm;
+            else if (g.pm) g.pm[b * d + i] = D::store(gpm);
+            if (plvp) plvp[i] = j == 0 ? gplv : plvp[i] + gplv;
+            else if (g.plv) g.plv[b * d + i] = D::store(gplv);
+          }
+        }
+      }
+    }
+    stream_fence();
+  });
+  if (pm_shared) sum_rows(pm_part.data(), tasks, d, num_threads, [&](int64_t i, C v) { g.pm[i] = D::store(v); });
+  if (plv_shared) sum_rows(plv_part.data(), tasks, d, num_threads, [&](int64_t i, C v) { g.plv[i] = D::store(v); });
+}
+
+template <class D>
+IwaeArgs<D> make_args(const void* z, const void* mu, const void* logvar, const void* pm, int64_t pm_stride,
+                      const void* plv, int64_t plv_stride, int64_t k, int64_t b, int64_t d) {
+  using S = typename D::S;
+  return IwaeArgs<D>{static_cast<const S*>(z), static_cast<const S*>(mu), static_cast<const S*>(logvar),
+                     static_cast<const S*>(pm), static_cast<const S*>(plv), pm_stride, plv_stride, k, b, d};
+}
+
+}  // namespace
+
+void iwae_bound_fwd(const void* log_px_z, const void* z, const void* mu, const void* logvar, const void* prior_mu,
+                    int64_t prior_mu_stride, const void* prior_logvar, int64_t prior_logvar_stride, void* bound,
+                    void* weights, int64_t k, int64_t b, int64_t d, double alpha, int dtype, int num_threads) {
+  if (k <= 0 || b <= 0 || d < 0) return;
+  const RenyiBound rb = make_renyi(alpha, k);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using D = decltype(tag);
+    using C = typename D::C;
+    const auto a = make_args<D>(z, mu, logvar, prior_mu, prior_mu_stride, prior_logvar, prior_logvar_stride, k, b, d);
+    const C* lpx = static_cast<const C*>(log_px_z);
+    if (prior_mu || prior_logvar)
+      fwd<D, true>(a, lpx, rb, static_cast<C*>(bound), static_cast<C*>(weights), num_threads);
+    else
+      fwd<D, false>(a, lpx, rb, static_cast<C*>(bound), static_cast<C*>(weights), num_threads);
+  });
+}
+
+void iwae_bound_bwd(const void* grad, const void* weights, const void* z, const void* mu, const void* logvar,
+                    const void* prior_mu, int64_t prior_mu_stride, const void* prior_logvar,
+                    int64_t prior_logvar_stride, void* grad_log_px_z, void* grad_z, void* grad_mu,
+                    void* grad_logvar, void* grad_prior_mu, void* grad_prior_logvar, int64_t k, int64_t b, int64_t d,
+                    int dtype, int num_threads) {
+  if (k <= 0 || b <= 0 || d <= 0) return;  // D = 0: the caller writes grad_log_px_z = grad * weights
+  dispatch_dtype(dtype, [&](auto tag) {
+    using D = decltype(tag);
+    using C = typename D::C;
+    using S = typename D::S;
+    const auto a = make_args<D>(z, mu, logvar, prior_mu, prior_mu_stride, prior_logvar, prior_logvar_stride, k, b, d);
+    const IwaeGrads<D> g{static_cast<C*>(grad_log_px_z), static_cast<S*>(grad_z),      static_cast<S*>(grad_mu),
+                         static_cast<S*>(grad_logvar),   static_cast<S*>(grad_prior_mu), static_cast<S*>(grad_prior_logvar)};
+    const C* gr = static_cast<const C*>(grad);
+    const C* w = static_cast<const C*>(weights);
+    if (prior_mu || prior_logvar)
+      bwd<D, true>(a, gr, w, g, num_threads);
+    else
+      bwd<D, false>(a, gr, w, g, num_threads);
+  });
+}
+
+}  // namespace VK_CPU_ISA
+}  // namespace cpu
+}  // namespace vaekernels

@@ -1,0 +1,137 @@
+// Gaussian-KL arithmetic for the CPU kernels (csrc/cpu/gaussian_kl.cpp), written as scalar
+// functions that gcc inlines and auto-vectorizes (no libm calls in the float32 path).
+//
+// With delta = logvar - prior_logvar, Delta = mu - prior_mu and s = e^(-prior_logvar / 2):
+//   KL         = 0.5 * phi(delta) + 0.5 * (Delta s)^2,     phi(x) = e^x - 1 - x >= 0
+//   dKL/dmu    = Delta s^2              dKL/dlogvar       = 0.5 expm1(delta)
+//   dKL/dpm    = -Delta s^2             dKL/dprior_logvar = -0.5 expm1(delta) - 0.5 (Delta s)^2
+//
+// Why this form and not the textbook -0.5 (1 + logvar - mu^2 - e^logvar): its terms are of order
+// max(e^logvar, 1, |logvar|) while the KL is ~delta^2 / 4 when the posterior has collapsed onto
+// the prior, so float32 loses ~|log10(delta^2)| digits (delta ~ 1e-3: nearly all).  phi is
+// computed without that cancellation (expm1_parts) and the Delta term is a square of a product,
+// so every float32 result is within a few ulp of the exact one (tests/test_gaussian_kl.py).
+#pragma once
+
+#include "cpu/common.h"
+
+namespace vaekernels {
+namespace cpu {
+namespace VK_CPU_ISA {
+namespace {
+
+// a*b + c in the compute type, fused where the ISA has FMA (never a libm fma call, which would
+// stop the loops from vectorizing).
+VK_INLINE float madd_c(float a, float b, float c) { return madd(a, b, c); }
+VK_INLINE double madd_c(double a, double b, double c) {
+#if defined(__FMA__)
+  return __builtin_fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// phi = e^x - 1 - x and em1 = e^x - 1 in float32, each to a few ulp for every x, also x -> 0
+// where e^x - 1 - x would lose every digit (max relative error, measured against float64 on
+// 2.4e5 points of [-30, 30] and +-[1e-8, 2]: phi 5.2e-7, em1 1.1e-7).
+//
+// e^x = 2^k e^r with k = rint(x / ln2) (the 1.5*2^23 trick: no float -> int conversion) and
+// r = x - k ln2 in [-ln2/2, ln2/2] (Cody-Waite: ln2 in two parts, k*ln2_hi exact).  On that range
+// e^r - 1 - r = r^2 S(r) with S the Taylor series of (e^r - 1 - r) / r^2 to r^6 / 8!: the remainder
+// is <= |r|^7 / 9! * 1.04 <= 1.8e-9, 0.07 ulp of S >= 0.447.  Then
+//   em1 = 2^k (e^r - 1) + (2^k - 1)     one fused rounding; 2^k - 1 is exact for |k| <= 24
+//   phi = r^2 S(r)                       k = 0 (|x| <= ln2/2): r = x exactly, no cancellation at all
+//   phi = em1 - x                        k != 0 (|x| > ln2/2): the subtraction magnifies em1's
+//                                        ~1 ulp by (|em1| + |x|) / phi <= 12 (at |x| = ln2/2)
+// k is clamped to [-126, 127] so that 2^k is a normal float: x > 88.38 then has r up to 0.69
+// (the series still holds to 4e-7 there; e^x overflows at 88.72 as it must), and x below -104 is taken
+// as -104 (e^x is 0 in float32 there: em1 = -1, phi = -1 - x, also for x = -inf).  NaN propagates;
+// x = +inf gives em1 = inf, phi = NaN (inf - inf), like the textbook formula.
+// All branch-free (selects), so loops of it vectorize.
+VK_INLINE void expm1_parts(float x, float* phi, float* em1) {
+  const float xc = x < -104.0f ? -104.0f : x;  // NaN fails the compare and stays NaN
+  // k + 0x4b400000 is the bit pattern of xc / ln2 + 1.5*2^23; clamped as an integer (gcc makes
+  // int min / max of it; float selects here made it split the vector loop by ranges, 1.5x slower).
+  constexpr int32_t kBias = 0x4b400000;
+  int32_t kb = bit_cast<int32_t>(madd(xc, 0x1.715476p+0f, 0x1.8p23f));
+  kb = kb > kBias + 127 ? kBias + 127 : kb;
+  kb = kb < kBias - 126 ? kBias - 126 : kb;
+  const float kf = bit_cast<float>(kb) - 0x1.8p23f;  // k, exactly
+  float r = madd(kf, -0x1.63p-1f, xc);
+  r = madd(kf, 0x1.bd0106p-13f, r);
+  // 1/2! + r/3! + ... + r^6/8! (each coefficient within half an ulp of 1/k!: far below an ulp of S)
+  float s = madd(r, 1.0f / 40320.0f, 1.0f / 5040.0f);
+  s = madd(s, r, 1.0f / 720.0f);
+  s = madd(s, r, 1.0f / 120.0f);
+  s = madd(s, r, 1.0f / 24.0f);
+  s = madd(s, r, 1.0f / 6.0f);
+  s = madd(s, r, 0.5f);
+  const float phir = (r * r) * s;
+  const float em1r = r + phir;  // e^r - 1: r dominates, no cancellation
+  const float two_k = bit_cast<float>((kb - (kBias - 127)) << 23);  // exponent field k + 127
+  *em1 = madd(two_k, em1r, two_k - 1.0f);
+  *phi = kf == 0.0f ? phir : *em1 - x;
+}
+
+// float64: the same idea with libm -- expm1 (< 1 ulp) beyond |x| = 0.5, and below the Taylor
+// series of e^x - 1 - x to x^15/15!: remainder <= 0.5^16/16! / (1 - 0.5/17) / 0.1065 = 2.7e-17
+// relative (0.1065 = phi(-0.5), the least phi on |x| = 0.5), below 2^-53; expm1(x) - x at
+// |x| > 0.5 magnifies expm1's error by at most (|expm1 x| + |x|) / phi(x) <= 8.
+constexpr double kSeriesMaxD = 0.5;
+
+VK_INLINE void expm1_parts(double x, double* phi, double* em1) {
+  constexpr double c[] = {1.0 / 2,           1.0 / 6,           1.0 / 24,           1.0 / 120,
+                          1.0 / 720,         1.0 / 5040,        1.0 / 40320,        1.0 / 362880,
+                          1.0 / 3628800,     1.0 / 39916800,    1.0 / 479001600,    1.0 / 6227020800,
+                          1.0 / 87178291200, 1.0 / 1307674368000};
+  double s = c[13];
+  for (int i = 12; i >= 0; --i) s = s * x + c[i];
+  s *= x * x;
+  const double e = __builtin_expm1(x);
+  const bool small = __builtin_fabs(x) <= kSeriesMaxD;
+  *phi = small ? s : e - x;
+  *em1 = small ? x + s : e;
+}
+
+// s = e^(-plv/2), the prior's inverse standard deviation: -plv/2 is exact, and the Delta term
+// below is (Delta s)^2 rather than Delta^2 e^-plv, so neither Delta^2 nor e^-plv overflows alone.
+template <class C>
+VK_INLINE C prior_scale(C plv) {
+  return exp_c(static_cast<C>(-0.5) * plv);
+}
+
+// The KL of one element; pm, plv: the prior (0 when absent: kPm / kPlv false, and s = 1).
+template <bool kPm, bool kPlv, class C>
+VK_INLINE C kl_value(C mu, C logvar, C pm, C plv, C s) {
+  const C delta = kPlv ? logvar - plv : logvar;
+  C q = kPm ? mu - pm : mu;
+  if (kPlv) q *= s;
+  C phi, em1;
+  expm1_parts(delta, &phi, &em1);
+  // Two non-negative terms: no cancellation, the sum is as accurate as they are.
+  return static_cast<C>(0.5) * madd_c(q, q, phi);
+}
+
+// The gradients of g * KL for one element, g the upstream gradient (already 0 for a dimension
+// that free bits clamp); pm, plv, s as for kl_value.
+template <bool kPm, bool kPlv, class C>
+VK_INLINE void kl_grads(C g, C mu, C logvar, C pm, C plv, C s, C* gmu, C* glv, C* gpm, C* gplv) {
+  const C delta = kPlv ? logvar - plv : logvar;
+  C q = kPm ? mu - pm : mu;
+  if (!kPlv) s = 1;
+  q *= s;
+  C phi, em1;
+  expm1_parts(delta, &phi, &em1);  // em1 = expm1(delta) to a few ulp, also for delta -> 0
+  const C half_g = static_cast<C>(0.5) * g;
+  *gmu = g * (q * s);  // Delta e^-plv as (Delta s) s: no overflow of e^-plv alone
+  *glv = half_g * em1;
+  *gpm = -*gmu;
+  // -0.5 g (expm1(delta) + (Delta s)^2), the sum in one rounding.  Its two terms may cancel
+  // (delta < 0): then the result is accurate relative to their size, not to itself.
+  *gplv = -half_g * madd_c(q, q, em1);
+}
+
+}  // namespace
+}  // namespace VK_CPU_ISA
+}  // namespace cpu
+}  // namespace vaekernels

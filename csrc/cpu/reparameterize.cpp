@@ -1,0 +1,440 @@
+// Reparameterized sampling on the CPU, and the Philox helpers the stream tests call.
+//
+//   forward   z[j, i]        = mu[i] + sigma[i] * eps(seed, j*n + i),   sigma = exp(logvar / 2)
+//   backward  grad_mu[i]     = sum_j grad_z[j, i]
+//             grad_logvar[i] = sigma[i] / 2 * sum_j grad_z[j, i] * eps(seed, j*n + i)
+//   mu, logvar, grad_mu, grad_logvar: [n];  z, grad_z: [k, n] (row-major, contiguous).
+//
+// eps is the vaekernels normal stream (philox.h, docs/random.md): Philox4x32-10 of group
+// g = e >> 2, Box-Muller on its four words.  It is generated in blocks of kLanes groups
+// (4*kLanes normals) with SIMD Philox and SIMD log / sqrt / sincos (vecmath.h) and goes from
+// registers straight into the forward's z or the backward's sums; it is never stored.
+//
+// Work split: tiles of columns i (at most kCap wide) x rows j.  Each tile converts mu and
+// computes sigma for its columns once, then walks its rows.  The backward splits over columns
+// only and adds over j in order, so its results do not depend on the number of threads (nor do
+// the forward's).
+#include "cpu/kernels.h"
+#include "cpu/vecmath.h"
+#include "vaekernels/dtype.h"
+#include "vaekernels/philox.h"
+
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vaekernels {
+namespace cpu {
+namespace VK_CPU_ISA {
+namespace {
+
+constexpr int kBlock = 4 * kLanes;       // normals per generated block (kLanes Philox groups)
+constexpr int64_t kCap = 2048;           // most columns per tile, most normals per step
+constexpr int64_t kMinChunk = 256;       // fewest columns per tile when tiles are split for threads
+constexpr int64_t kSerialBelow = 32768;  // k*n below this runs on the calling thread, no fork
+
+VK_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+VK_INLINE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+VK_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Float lane l of a block carries group lane_group(l) of the block: then transpose4 of the four
+// Box-Muller outputs leaves the normals in stream order (output vector m: groups m*kLanes/4 ...).
+constexpr int lane_group(int l) { return (l % 4) * (kLanes / 4) + l / 4; }
+
+// Philox state lives in 64-bit lanes: mul_lo32 reads only the low halves, so the upper halves
+// may hold garbage and no masking is ever needed; pack_lo32 collects the low halves at the end.
+struct StreamKey {
+  vq k0[10], k1[10];  // round keys (k + r * Weyl increment), broadcast
+  vq offset[2];       // group offset within a block of each 64-bit lane of the two halves
+
+  explicit StreamKey(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r, a += kPhiloxW0, b += kPhiloxW1) {
+      k0[r] = (vq){} + a;
+      k1[r] = (vq){} + b;
+    }
+    for (int h = 0; h < 2; ++h)
+      for (int p = 0; p < kLanes / 2; ++p) offset[h][p] = lane_group(pack_lane(h, p));
+  }
+};
+
+// Philox4x32-10 of counter (lo32(g), hi32(g), 0, 0) for nb consecutive blocks: block b, float
+// lane l gets g = gbase + b*kLanes + lane_group(l), words w[b][0..3][l].  Several blocks at once
+// give the out-of-order core independent multiply chains (2 blocks: ~10% faster than 1).
+template <int nb>
+VK_INLINE void philox_blocks(const StreamKey& key, uint64_t gbase, vu w[nb][4]) {
+  constexpr int kHalves = 2 * nb;
+  const vq m0 = (vq){} + kPhiloxM0, m1 = (vq){} + kPhiloxM1;
+  vq c0[kHalves], c1[kHalves], c2[kHalves], c3[kHalves];
+  for (int h = 0; h < kHalves; ++h) {
+    // Round 0: c2 = c3 = 0, so the M1 product vanishes.  g itself is c0 (low half) and c1 = g >> 32.
+    const vq g = gbase + static_cast<uint64_t>(h / 2 * kLanes) + key.offset[h % 2];
+    const vq p0 = mul_lo32(g, m0);
+    c0[h] = (g >> 32) ^ key.k0[0];
+    c1[h] = (vq){};
+    c2[h] = (p0 >> 32) ^ key.k1[0];
+    c3[h] = p0;
+  }
+#pragma GCC unroll 9
+  for (int r = 1; r < 10; ++r)
+    for (int h = 0; h < kHalves; ++h) {
+      const vq p0 = mul_lo32(c0[h], m0), p1 = mul_lo32(c2[h], m1);
+      c0[h] = (p1 >> 32) ^ c1[h] ^ key.k0[r];
+      c1[h] = p1;
+      c2[h] = (p0 >> 32) ^ c3[h] ^ key.k1[r];
+      c3[h] = p0;
+    }
+  for (int b = 0; b < nb; ++b) {
+    w[b][0] = pack_lo32(c0[2 * b], c0[2 * b + 1]);
+    w[b][1] = pack_lo32(c1[2 * b], c1[2 * b + 1]);
+    w[b][2] = pack_lo32(c2[2 * b], c2[2 * b + 1]);
+    w[b][3] = pack_lo32(c3[2 * b], c3[2 * b + 1]);
+  }
+}
+
+// u(w) = fma(float(w), 2^-32, 2^-33): float(w) rounds to nearest; the product is exact, so the
+// unfused multiply-add is the same single rounding.
+VK_INLINE vf uniform(vu w) { return __builtin_convertvector(w, vf) * 0x1p-32f + 0x1p-33f; }
+
+// The normals eps(e), e = 4*gbase ... 4*gbase + nb*kBlock - 1, handed to the sink one vector of
+// kLanes consecutive normals at a time: sink.vec(t0 + e - 4*gbase, v), in stream order.
+template <int nb, class Sink>
+VK_INLINE void normals_blocks(const StreamKey& key, uint64_t gbase, int64_t t0, Sink& sink) {
+  vu w[nb][4];
+  philox_blocks<nb>(key, gbase, w);
+  for (int b = 0; b < nb; ++b) {
+    const vf r01 = vsqrt(neg2log(uniform(w[b][0]))), r23 = vsqrt(neg2log(uniform(w[b][2])));
+    vf s1, c1, s3, c3;
+    sincos2pi(uniform(w[b][1]), &s1, &c1);
+    sincos2pi(uniform(w[b][3]), &s3, &c3);
+    vf o[4];
+    transpose4(r01 * c1, r01 * s1, r23 * c3, r23 * s3, o);
+    for (int m = 0; m < 4; ++m) sink.vec(t0 + b * kBlock + m * kLanes, o[m]);
+  }
+}
+
+// Sinks take eps(e0 + t): vec(t, v) a whole vector v = eps(e0 + t ... e0 + t + kLanes - 1),
+// one(t, x) a single normal.  This one stores them to out[t].
+struct BufferSink {
+  float* out;
+  VK_INLINE void vec(int64_t t, vf v) { memcpy(out + t, &v, sizeof v); }
+  VK_INLINE void one(int64_t t, float x) { out[t] = x; }
+};
+
+// eps(e0 + t) for t in [0, count), handed to sink in increasing t.  Blocks start at stream
+// elements 4g, so when e0 % 4 != 0 the first block, and the last one when it sticks out, go
+// through a scratch buffer to sink.one; every other vector goes from registers to sink.vec.
+// Meanwhile it prefetches the next_bytes at `next` (memory the caller touches in its next step;
+// kWrite: for writing), spread evenly over the blocks: the generator itself touches no memory,
+// so those cache misses overlap its arithmetic.
+template <bool kWrite, class Sink>
+void for_normals(const StreamKey& key, uint64_t e0, int64_t count, Sink& sink, const void* next,
+                 int64_t next_bytes) {
+  uint64_t g = e0 >> 2;
+  int64_t t = -static_cast<int64_t>(e0 & 3);  // offset of the first element of block g
+  const auto ragged_block = [&] {
+    alignas(64) float scratch[kBlock];
+    BufferSink to_scratch{scratch};
+    normals_blocks<1>(key, g, 0, to_scratch);
+    for (int64_t l = max64(0, -t); l < kBlock && t + l < count; ++l) sink.one(t + l, scratch[l]);
+    t += kBlock;
+    g += kLanes;
+  };
+  if (t < 0) ragged_block();
+  const char* pf = static_cast<const char*>(next);
+  const int64_t lines = (next_bytes + 63) / 64;
+  const int64_t per_pair = ceil_div(lines, max64(1, (count - t) / (2 * kBlock)));
+  for (int64_t line = 0; t + 2 * kBlock <= count; t += 2 * kBlock, g += 2 * kLanes) {
+    normals_blocks<2>(key, g, t, sink);
+    for (int64_t l = 0; l < per_pair && line < lines; ++l, ++line) __builtin_prefetch(pf + 64 * line, kWrite, 3);
+  }
+  if (t + kBlock <= count) {
+    normals_blocks<1>(key, g, t, sink);
+    t += kBlock;
+    g += kLanes;
+  }
+  if (t < count) ragged_block();
+}
+
+// Unaligned vector loads and stores.
+template <class V, class T>
+VK_INLINE V loadu(const T* p) {
+  V v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V, class T>
+VK_INLINE void storeu(T* p, const V& v) {
+  memcpy(p, &v, sizeof v);
+}
+
+typedef uint16_t vh __attribute__((vector_size(2 * kLanes)));  // kLanes 16-bit values
+typedef double vd __attribute__((vector_size(8 * kLanes)));    // kLanes doubles
+
+// Storage types S and the types the arithmetic runs in (C, and CV for kLanes of them): float32
+// for the 16-bit types (converted with round to nearest even), float64 for float64 (the float32
+// normals promoted).  load / store: one element; vload / vstore: kLanes elements.
+struct F32 {
+  using S = float;
+  using C = float;
+  using CV = vf;
+  static VK_INLINE C load(S x) { return x; }
+  static VK_INLINE S store(C x) { return x; }
+  static VK_INLINE CV vload(const S* p) { return loadu<vf>(p); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
+};
+struct F16 {
+  using S = uint16_t;
+  using C = float;
+  using CV = vf;
+  static VK_INLINE C load(S x) { return half_to_float<float>(uint32_t{x}); }
+  static VK_INLINE S store(C x) { return static_cast<S>(float_to_half<uint32_t>(x)); }
+  static VK_INLINE CV vload(const S* p) { return half_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_half<vu>(x), vh)); }
+};
+struct BF16 {
+  using S = uint16_t;
+  using C = float;
+  using CV = vf;
+  static VK_INLINE C load(S x) { return bf16_to_float<float>(uint32_t{x}); }
+  static VK_INLINE S store(C x) { return static_cast<S>(float_to_bf16<uint32_t>(x)); }
+  static VK_INLINE CV vload(const S* p) { return bf16_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_bf16<vu>(x), vh)); }
+};
+struct F64 {
+  using S = double;
+  using C = double;
+  using CV = vd;
+  static VK_INLINE C load(S x) { return x; }
+  static VK_INLINE S store(C x) { return x; }
+  static VK_INLINE CV vload(const S* p) { return loadu<vd>(p); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
+};
+
+VK_INLINE float sigma_of(float logvar) { return exp_f32(0.5f * logvar); }
+VK_INLINE double sigma_of(double logvar) { return __builtin_exp(0.5 * logvar); }
+
+// z[t] = mu[t] + sigma[t] * eps(e0 + t): one row segment of the forward (mu, sigma: its columns,
+// in the compute type).  The product and sum fuse to one fma where the ISA has FMA, in vec and
+// one alike.
+template <class D>
+struct FwdSink {
+  using S = typename D::S;
+  using C = typename D::C;
+  using CV = typename D::CV;
+  S* z;
+  const C* mu;
+  const C* sigma;
+  VK_INLINE void one(int64_t t, float e) { z[t] = D::store(mu[t] + sigma[t] * static_cast<C>(e)); }
+  VK_INLINE void vec(int64_t t, vf e) {
+    D::vstore(z + t, loadu<CV>(mu + t) + loadu<CV>(sigma + t) * __builtin_convertvector(e, CV));
+  }
+};
+
+// sum_g[t] += grad_z[t];  sum_ge[t] += grad_z[t] * eps(e0 + t): one row segment of the backward.
+template <class D>
+struct BwdSink {
+  using S = typename D::S;
+  using C = typename D::C;
+  using CV = typename D::CV;
+  const S* grad_z;
+  C* sum_g;
+  C* sum_ge;
+  VK_INLINE void one(int64_t t, float e) {
+    const C g = D::load(grad_z[t]);
+    sum_g[t] += g;
+    sum_ge[t] += g * static_cast<C>(e);
+  }
+  VK_INLINE void vec(int64_t t, vf e) {
+    const CV g = D::vload(grad_z + t);
+    storeu(sum_g + t, loadu<CV>(sum_g + t) + g);
+    storeu(sum_ge + t, loadu<CV>(sum_ge + t) + g * __builtin_convertvector(e, CV));
+  }
+};
+
+// Tiles: columns [c*chunk, min(n, (c+1)*chunk)) for c < nchunks.  A tile that holds whole rows
+// (chunk == n) generates rows_per_step rows at a time, so small n still fills the buffer.
+struct Plan {
+  int64_t chunk, nchunks, rows_per_step;
+  int threads;
+};
+
+Plan make_plan(int64_t n, int64_t k, int num_threads) {
+  Plan p;
+  p.threads = 1;
+#ifdef _OPENMP
+  if (n * k >= kSerialBelow) p.threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+  (void)num_threads;
+#endif
+  // Column tiles of at most kCap columns, their count rounded up to a multiple of the thread
+  // count (the backward cannot split rows; static schedule) as far as kMinChunk columns allow.
+  const int64_t fewest = ceil_div(n, kCap);
+  const int64_t nchunks = max64(fewest, min64(ceil_div(fewest, p.threads) * p.threads, n / kMinChunk));
+  // Multiples of 64 columns: tiles start group-aligned whenever n % 4 == 0.
+  p.chunk = nchunks == 1 ? n : ceil_div(ceil_div(n, nchunks), 64) * 64;
+  p.nchunks = ceil_div(n, p.chunk);
+  p.rows_per_step = p.chunk == n ? max64(1, kCap / n) : 1;
+  return p;
+}
+
+// tile(item) for item in [0, items), on up to `threads` OpenMP threads (static schedule).
+template <class Tile>
+void run_tiles(int64_t items, int threads, const Tile& tile) {
+  if (threads <= 1 || items <= 1) {
+    for (int64_t it = 0; it < items; ++it) tile(it);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(min64(threads, items)))
+  for (int64_t it = 0; it < items; ++it) tile(it);
+}
+
+template <class D>
+void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, typename D::S* z,
+         int64_t n, int64_t k, int num_threads) {
+  using S = typename D::S;
+  using C = typename D::C;
+  const Plan plan = make_plan(n, k, num_threads);
+  const StreamKey key(seed);
+  // With threads, rows are split too when there are few column tiles (about 4 tiles per thread
+  // for balance; each row block recomputes the sigma of its columns).
+  const int64_t jblocks = plan.threads == 1 ? 1 : min64(k, max64(1, ceil_div(4 * plan.threads, plan.nchunks)));
+  const int64_t jblock = ceil_div(k, jblocks);
+  run_tiles(plan.nchunks * jblocks, plan.threads, [&](int64_t item) {
+    const int64_t i0 = (item % plan.nchunks) * plan.chunk, cols = min64(plan.chunk, n - i0);
+    const int64_t j0 = (item / plan.nchunks) * jblock, j1 = min64(k, j0 + jblock);
+    alignas(64) C mu_c[kCap], sigma[kCap];
+    alignas(64) float buf[kCap];
+    for (int64_t t = 0; t < cols; ++t) {
+      mu_c[t] = D::load(mu[i0 + t]);
+      sigma[t] = sigma_of(D::load(logvar[i0 + t]));
+    }
+    for (int64_t j = j0; j < j1; j += plan.rows_per_step) {
+      const int64_t rows = min64(plan.rows_per_step, j1 - j), jn = j + rows;
+      const uint64_t e0 = static_cast<uint64_t>(j * n + i0);
+      S* const next = jn < j1 ? z + jn * n + i0 : nullptr;  // the next step's stretch of z
+      const int64_t next_bytes = next ? ((min64(plan.rows_per_step, j1 - jn) - 1) * n + cols) * sizeof(S) : 0;
+      if (rows == 1) {  // fused: straight from registers into z
+        FwdSink<D> sink{z + j * n + i0, mu_c, sigma};
+        for_normals<true>(key, e0, cols, sink, next, next_bytes);
+      } else {  // several whole (short) rows: one stretch of the stream, then row by row
+        BufferSink sink{buf};
+        for_normals<true>(key, e0, rows * n, sink, next, next_bytes);
+        for (int64_t r = 0; r < rows; ++r) {
+          FwdSink<D> row{z + (j + r) * n, mu_c, sigma};
+          for (int64_t t = 0; t < n; ++t) row.one(t, buf[r * n + t]);
+        }
+      }
+    }
+  });
+}
+
+// eps is regenerated from the seed rather than recovered as (z - mu) / sigma: that quotient
+// loses every digit when sigma << |mu| (z rounds to mu, e.g. in bf16 / fp16), and it would
+// keep z and mu alive for the backward.
+template <class D>
+void bwd(const typename D::S* grad_z, const typename D::S* logvar, uint64_t seed,
+         typename D::S* grad_mu, typename D::S* grad_logvar, int64_t n, int64_t k, int num_threads) {
+  using S = typename D::S;
+  using C = typename D::C;
+  const Plan plan = make_plan(n, k, num_threads);
+  const StreamKey key(seed);
+  run_tiles(plan.nchunks, plan.threads, [&](int64_t item) {
+    const int64_t i0 = item * plan.chunk, cols = min64(plan.chunk, n - i0);
+    alignas(64) C sum_g[kCap], sum_ge[kCap];  // sums over j, in order j = 0, 1, ...
+    alignas(64) float buf[kCap];
+    // -0 is the exact identity of IEEE addition (+0 would turn a sum of -0 terms into +0).
+    for (int64_t t = 0; t < cols; ++t) sum_g[t] = sum_ge[t] = -0.0;
+    for (int64_t j = 0; j < k; j += plan.rows_per_step) {
+      const int64_t rows = min64(plan.rows_per_step, k - j), jn = j + rows;
+      const uint64_t e0 = static_cast<uint64_t>(j * n + i0);
+      const S* const next = jn < k ? grad_z + jn * n + i0 : nullptr;  // the next step's grad_z
+      const int64_t next_bytes = next ? ((min64(plan.rows_per_step, k - jn) - 1) * n + cols) * sizeof(S) : 0;
+      if (rows == 1) {  // fused: straight from registers into the sums
+        BwdSink<D> sink{grad_z + j * n + i0, sum_g, sum_ge};
+        for_normals<false>(key, e0, cols, sink, next, next_bytes);
+      } else {  // several whole (short) rows: one stretch of the stream, then row by row
+        BufferSink sink{buf};
+        for_normals<false>(key, e0, rows * n, sink, next, next_bytes);
+        for (int64_t r = 0; r < rows; ++r) {
+          BwdSink<D> row{grad_z + (j + r) * n, sum_g, sum_ge};
+          for (int64_t t = 0; t < n; ++t) row.one(t, buf[r * n + t]);
+        }
+      }
+    }
+    for (int64_t t = 0; t < cols; ++t) {
+      grad_mu[i0 + t] = D::store(sum_g[t]);
+      grad_logvar[i0 + t] = D::store(static_cast<C>(0.5) * sigma_of(D::load(logvar[i0 + t])) * sum_ge[t]);
+    }
+  });
+}
+
+}  // namespace
+
+void philox(const uint32_t* counters, const uint32_t* keys, uint32_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t* c = counters + 4 * i;
+    const Philox4 r = philox4x32_10(c[0], c[1], c[2], c[3], keys[2 * i], keys[2 * i + 1]);
+    memcpy(out + 4 * i, r.w, sizeof r.w);
+  }
+}
+
+// Runs the same SIMD Philox as the kernels, so the tests check its lane bookkeeping too.
+void philox_fill(uint64_t seed, uint64_t first_group, uint32_t* out, int64_t n_groups) {
+  const StreamKey key(seed);
+  for (int64_t b = 0; b < n_groups; b += kLanes) {
+    vu w[1][4];
+    philox_blocks<1>(key, first_group + static_cast<uint64_t>(b), w);
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t g = b + lane_group(l);
+      if (g < n_groups)
+        for (int m = 0; m < 4; ++m) out[4 * g + m] = w[0][m][l];
+    }
+  }
+}
+
+void reparameterize_fwd(const void* mu, const void* logvar, uint64_t seed, void* z, int64_t n,
+                        int64_t k, int dtype, int num_threads) {
+  if (n <= 0 || k <= 0) return;
+  switch (dtype) {
+    case kFloat32:
+      return fwd<F32>(static_cast<const float*>(mu), static_cast<const float*>(logvar), seed,
+                      static_cast<float*>(z), n, k, num_threads);
+    case kFloat16:
+      return fwd<F16>(static_cast<const uint16_t*>(mu), static_cast<const uint16_t*>(logvar), seed,
+                      static_cast<uint16_t*>(z), n, k, num_threads);
+    case kBFloat16:
+      return fwd<BF16>(static_cast<const uint16_t*>(mu), static_cast<const uint16_t*>(logvar), seed,
+                       static_cast<uint16_t*>(z), n, k, num_threads);
+    case kFloat64:
+      return fwd<F64>(static_cast<const double*>(mu), static_cast<const double*>(logvar), seed,
+                      static_cast<double*>(z), n, k, num_threads);
+  }
+}
+
+// k == 0 writes the empty sums: grad_mu = -0, grad_logvar = sigma / 2 * -0.
+void reparameterize_bwd(const void* grad_z, const void* logvar, uint64_t seed, void* grad_mu,
+                        void* grad_logvar, int64_t n, int64_t k, int dtype, int num_threads) {
+  if (n <= 0 || k < 0) return;
+  switch (dtype) {
+    case kFloat32:
+      return bwd<F32>(static_cast<const float*>(grad_z), static_cast<const float*>(logvar), seed,
+                      static_cast<float*>(grad_mu), static_cast<float*>(grad_logvar), n, k, num_threads);
+    case kFloat16:
+      return bwd<F16>(static_cast<const uint16_t*>(grad_z), static_cast<const uint16_t*>(logvar), seed,
+                      static_cast<uint16_t*>(grad_mu), static_cast<uint16_t*>(grad_logvar), n, k,
+                      num_threads);
+    case kBFloat16:
+      return bwd<BF16>(static_cast<const uint16_t*>(grad_z), static_cast<const uint16_t*>(logvar), seed,
+                       static_cast<uint16_t*>(grad_mu), static_cast<uint16_t*>(grad_logvar), n, k,
+                       num_threads);
+    case kFloat64:
+      return bwd<F64>(static_cast<const double*>(grad_z), static_cast<const double*>(logvar), seed,
+                      static_cast<double*>(grad_mu), static_cast<double*>(grad_logvar), n, k, num_threads);
+  }
+}
+
+}  // namespace VK_CPU_ISA
+}  // namespace cpu
+}  // namespace vaekernels
