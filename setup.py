@@ -12,6 +12,7 @@ The build never imports torch.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,12 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_temp), *args], check=True)
         subprocess.run(["cmake", "--build", str(build_temp), "--parallel", jobs], check=True)
+
+    def copy_extensions_to_source(self) -> None:
+        # build_ext --inplace: setuptools copies back only the extension it knows of (_C).
+        super().copy_extensions_to_source()
+        for built in (Path(self.build_lib) / "vaekernels").glob("_C_cuda*"):
+            shutil.copy2(built, ROOT / "vaekernels" / built.name)
 
 
 setup(

@@ -258,8 +258,7 @@ def test_backend_flag_and_use_backend(monkeypatch):
 
 @pytest.mark.parametrize("backend", [
     "cpu",
-    pytest.param(None, marks=pytest.mark.xfail(strict=True, reason="backends.resolve reads the use_backend ContextVar, "
-                                                                  "which dynamo cannot trace")),
+    pytest.param(None, id="default"),
 ])
 def test_compile_fullgraph_matches_eager(backend):
     """torch.compile(fullgraph=True) traces the whole VAE (ELBO and IWAE) without a graph break."""
