@@ -8,7 +8,10 @@
 #pragma once
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <new>
 
 #include <utility>
 
@@ -23,6 +26,34 @@ namespace vaekernels {
 namespace cpu {
 namespace VK_CPU_ISA {
 namespace {
+
+// A zero-filled heap array for kernel scratch space.  Not std::vector: its out-of-line template
+// code (weak symbols in namespace std) is emitted by every ISA's objects alike, and the linker
+// keeps one copy for all of them -- the generic path could end up running AVX-512 code.  This
+// type lives in the ISA namespace, so each ISA gets its own.
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(int64_t n = 0)
+      : data_(n > 0 ? static_cast<T*>(calloc(static_cast<size_t>(n), sizeof(T))) : nullptr), size_(n > 0 ? n : 0) {
+    if (n > 0 && data_ == nullptr) throw std::bad_alloc();
+  }
+  ~Buffer() { free(data_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  bool empty() const { return size_ == 0; }
+  int64_t size() const { return size_; }
+  T* begin() { return data_; }
+  T* end() { return data_ + size_; }
+  T& operator[](int64_t i) { return data_[i]; }
+  const T& operator[](int64_t i) const { return data_[i]; }
+
+ private:
+  T* data_;
+  int64_t size_;
+};
 
 // Storage type S and compute type C: float32 arithmetic for the 16-bit types (converted with
 // round to nearest even on the way out), float64 for float64.

@@ -24,7 +24,6 @@
 #include <stdint.h>
 
 #include <type_traits>
-#include <vector>
 
 #include "cpu/common.h"
 #include "cpu/kernels.h"
@@ -109,7 +108,7 @@ template <bool kPlv, class D, class Fn>
 void with_prior_scales(Inputs<D>& in, int64_t m, bool shared, int threads, Fn&& fn) {
   if constexpr (kPlv) {
     if (shared) {
-      std::vector<typename D::C> s(static_cast<size_t>(m));
+      Buffer<typename D::C> s(m);
       for_items(ceil_div(m, kChunk), threads, [&](int64_t c) {
         for (int64_t j = c * kChunk; j < min64(m, (c + 1) * kChunk); ++j) s[j] = prior_scale(D::load(in.plv[j]));
       });
@@ -141,7 +140,7 @@ void fwd(const Inputs<D>& in, int64_t n, int64_t d, int64_t p, int reduction, do
     // Pass 1: column sums over fixed row blocks (at most kMaxBlocks of them), added in block order.
     const int64_t rb = max64(max64(1, kTileElems / d), ceil_div(n, kMaxBlocks));
     const int64_t nrb = ceil_div(n, rb);
-    std::vector<C> partial(static_cast<size_t>(nrb * d));
+    Buffer<C> partial(nrb * d);
     for_items(nrb * nchunks, threads, [&](int64_t item) {
       const int64_t b = item / nchunks, c0 = (item % nchunks) * kChunk, len = min64(kChunk, d - c0);
       alignas(64) C acc[kChunk] = {};
@@ -158,7 +157,7 @@ void fwd(const Inputs<D>& in, int64_t n, int64_t d, int64_t p, int reduction, do
   // Pass 2: tiles of whole rows; each row in chunks of kChunk, each chunk summed in lanes
   // (row_sum) straight from the arithmetic, then the chunks in order.
   const int64_t rows = max64(1, kTileElems / d), ntiles = ceil_div(n, rows);
-  std::vector<double> tile_total(reduction >= kSum ? ntiles : 0);
+  Buffer<double> tile_total(reduction >= kSum ? ntiles : 0);
   for_items(ntiles, threads, [&](int64_t tile) {
     double total = 0;  // float64 over rows: the 0-d sum stays accurate for any n
     for (int64_t r = tile * rows; r < min64(n, (tile + 1) * rows); ++r) {
@@ -256,7 +255,7 @@ void bwd(const Inputs<D>& in, const Grads<D>& out, int64_t n, int64_t d, int64_t
   const int64_t nkb = ceil_div(k_rows, kb);
   // Prior gradients for p < n: [nkb, 2m] partial column sums of each row block (prior_mu's in
   // the first m columns, prior_logvar's in the next m), added in block order below.
-  std::vector<C> partial(kPrior && k_rows > 1 ? static_cast<size_t>(nkb * 2 * m) : 0);
+  Buffer<C> partial(kPrior && k_rows > 1 ? nkb * 2 * m : 0);
   // The 0-d reductions pass one upstream value; batchmean's is divided by n.
   const C g0 = reduction >= kSum ? (reduction == kBatchMean ? out.grad[0] / static_cast<C>(n) : out.grad[0]) : 0;
 

@@ -13,7 +13,6 @@
 // too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
 // backward's per-chunk partial sums are added in chunk order: results do not depend on the
 // thread count.
-#include <vector>
 
 #include "cpu/common.h"
 #include "cpu/kernels.h"
@@ -45,7 +44,7 @@ Split make_split(int64_t s, int64_t n) {
 template <class D>
 struct Staged {
   using C = typename D::C;
-  std::vector<C> m, iv;
+  Buffer<C> m, iv;
   C half_c[kBlockN];
 
   explicit Staged(int64_t d) : m(kBlockN * d), iv(kBlockN * d) {}
@@ -101,11 +100,11 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
   // Per sample chunk: partial sums over its samples of c u iv and c (1 - u^2 iv) -- written
   // straight to the gradients when there is one chunk, else summed over chunks in order.
   const bool split = p.schunks > 1;
-  std::vector<C> part_mu(split ? p.schunks * n * d : 0), part_lv(split ? p.schunks * n * d : 0);
+  Buffer<C> part_mu(split ? p.schunks * n * d : 0), part_lv(split ? p.schunks * n * d : 0);
   parallel_ranges(p.nblocks * p.schunks, threads, [&](int64_t t0, int64_t t1) {
     Staged<D> st(d);
-    std::vector<C> acc(2 * kBlockN * d);  // [0]: sum c u, [1]: sum c u^2, per example of the block
-    std::vector<typename D::S> dz(d);     // one row of grad_z, streamed out (stream_bytes)
+    Buffer<C> acc(2 * kBlockN * d);  // [0]: sum c u, [1]: sum c u^2, per example of the block
+    Buffer<typename D::S> dz(d);     // one row of grad_z, streamed out (stream_bytes)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nblk = t % p.nblocks, sc = t / p.nblocks;
       const int64_t n0 = nblk * kBlockN, nb = min64(kBlockN, n - n0);

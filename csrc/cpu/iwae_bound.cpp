@@ -28,7 +28,6 @@
 // on the thread count.
 #include <string.h>
 
-#include <vector>
 
 #include "cpu/common.h"
 #include "cpu/kernels.h"
@@ -59,7 +58,7 @@ struct IwaeArgs {
 template <class D, bool kPrior>
 struct Staged {
   using C = typename D::C;
-  std::vector<C> m, iq, pm, ip;
+  Buffer<C> m, iq, pm, ip;
   C half_dlv[kBlockB];
 
   explicit Staged(int64_t d)
@@ -169,13 +168,13 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
   const bool q_grad = g.mu != nullptr || g.logvar != nullptr;
   // A [D] prior's gradient: one partial row per task, summed over tasks afterwards in order.
   const bool pm_shared = kPrior && g.pm && a.pm_stride == 0, plv_shared = kPrior && g.plv && a.plv_stride == 0;
-  std::vector<C> pm_part(pm_shared ? tasks * d : 0), plv_part(plv_shared ? tasks * d : 0);
+  Buffer<C> pm_part(pm_shared ? tasks * d : 0), plv_part(plv_shared ? tasks * d : 0);
   const int threads = threads_for(K * B * max64(d, 1), num_threads);
   parallel_ranges(tasks, threads, [&](int64_t t0, int64_t t1) {
     Staged<D, kPrior> st(d);
     // Sums over k per example and latent dim: A1 = sum c u, A2 = sum c u^2, P1 = sum c v, P2 = sum c v^2.
-    std::vector<C> acc((kPrior ? 4 : 2) * kBlockB * d);
-    std::vector<S> dz(d);  // one row of grad_z, streamed out (stream_bytes)
+    Buffer<C> acc((kPrior ? 4 : 2) * kBlockB * d);
+    Buffer<S> dz(d);  // one row of grad_z, streamed out (stream_bytes)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b0 = t * kBlockB, nb = min64(kBlockB, B - b0);
       st.load(a, b0, nb);
