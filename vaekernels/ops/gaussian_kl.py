@@ -38,12 +38,11 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from ._common import contig as _contig
+from ._common import ptr as _ptr
+from ..backends import compute_dtype
 
 REDUCTIONS = ("none", "per_example", "sum", "batchmean")  # the kernels' reduction codes 0..3
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _out_shape(mu: Tensor, reduction: str) -> tuple:
@@ -51,14 +50,6 @@ def _out_shape(mu: Tensor, reduction: str) -> tuple:
         return tuple(mu.shape)
     return tuple(mu.shape[:-1]) if reduction == "per_example" else ()
 
-
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
-    # Kernels read row-major [n, D] / [P, D]: the logical order, whatever the strides are.
-    return None if t is None else t.contiguous()
 
 
 def _fwd(mu, logvar, pm, plv, out, col, n, d, p, reduction, free_bits, backend) -> None:
