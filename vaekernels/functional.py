@@ -72,7 +72,7 @@ def reparameterize(
     if name == "reference":
         z = _reparameterize_ref.reparameterize(mu, logvar, seed_t, k or 1)
     else:
-        z = _reparameterize_op.reparameterize(mu, logvar, seed_t, k or 1, name)
+        z = _reparameterize_op.run(mu, logvar, seed_t, k or 1, name)
     return z[0] if k is None else z
 
 
@@ -96,7 +96,7 @@ def normal_noise(
     if name == "reference":
         return _ref_random.normal(int(seed_t), numel, device=device).view(shape)
     zeros = torch.zeros(numel, dtype=torch.float32, device=device)
-    return _reparameterize_op.reparameterize(zeros, zeros, seed_t, 1, name).view(shape)
+    return _reparameterize_op.run(zeros, zeros, seed_t, 1, name).view(shape)
 
 
 def gaussian_kl(

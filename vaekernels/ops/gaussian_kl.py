@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .. import backends
 from ._common import contig as _contig
+from ._common import plain_eager
 from ._common import ptr as _ptr
 from ..backends import compute_dtype
 
@@ -211,22 +212,10 @@ class _EagerGaussianKL(torch.autograd.Function):
         return _backward_with(_backward_kernels, ctx, grad)
 
 
-_PLAIN = (Tensor, torch.nn.Parameter)
-
-
-def _plain_eager(*tensors: Optional[Tensor]) -> bool:
-    """Plain eager execution: not under torch.compile / export, no torch_function or
-    torch_dispatch mode (FakeTensor, make_fx), no functorch transform, no tensor subclass other
-    than nn.Parameter -- everything else goes through the custom ops, which know how to behave."""
-    return not (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-                or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
-                or any(t is not None and type(t) not in _PLAIN for t in tensors))
-
-
 def run(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], reduction: str,
         free_bits: float, backend: str) -> Tensor:
     """The KL through vaekernels::gaussian_kl -- or, in plain eager execution, through the same
     kernels without the custom-op dispatch (identical results and saved tensors)."""
-    if _plain_eager(mu, logvar, prior_mu, prior_logvar):
+    if plain_eager(mu, logvar, prior_mu, prior_logvar):
         return _EagerGaussianKL.apply(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]
     return gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from ._common import plain_eager
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -58,13 +59,25 @@ def _bwd(grad_z: Tensor, logvar: Tensor, seed: Tensor, grad_mu: Tensor, grad_log
         raise ValueError(f"reparameterize: no kernel for backend {backend!r}")
 
 
-@torch.library.custom_op("vaekernels::reparameterize", mutates_args=())
-def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, backend: str) -> Tensor:
-    """mu, logvar: [..., D] (same shape/dtype); seed: 0-d int64 on mu's device -> z: [K, ..., D]."""
+def _forward(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, backend: str) -> Tensor:
     z = torch.empty((num_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
     if z.numel():
         _fwd(_flat(mu), _flat(logvar), seed, z, backend)
     return z
+
+
+def _backward_kernels(grad_z: Tensor, logvar: Tensor, seed: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
+    grad_mu = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device)
+    grad_logvar = torch.empty_like(grad_mu)
+    if grad_mu.numel():
+        _bwd(grad_z.contiguous(), _flat(logvar), seed, grad_mu, grad_logvar, backend)
+    return grad_mu, grad_logvar
+
+
+@torch.library.custom_op("vaekernels::reparameterize", mutates_args=())
+def reparameterize(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, backend: str) -> Tensor:
+    """mu, logvar: [..., D] (same shape/dtype); seed: 0-d int64 on mu's device -> z: [K, ..., D]."""
+    return _forward(mu, logvar, seed, num_samples, backend)
 
 
 @reparameterize.register_fake
@@ -75,11 +88,7 @@ def _(mu, logvar, seed, num_samples, backend):
 @torch.library.custom_op("vaekernels::reparameterize_backward", mutates_args=())
 def reparameterize_backward(grad_z: Tensor, logvar: Tensor, seed: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
     """grad_z: [K, ..., D]; logvar: [..., D] -> (grad_mu, grad_logvar): [..., D] each."""
-    grad_mu = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device)
-    grad_logvar = torch.empty_like(grad_mu)
-    if grad_mu.numel():
-        _bwd(grad_z.contiguous(), _flat(logvar), seed, grad_mu, grad_logvar, backend)
-    return grad_mu, grad_logvar
+    return _backward_kernels(grad_z, logvar, seed, backend)
 
 
 @reparameterize_backward.register_fake
@@ -94,11 +103,38 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _backward(ctx, grad_z):
+def _backward_with(kernels, ctx, grad_z):
     logvar, seed = ctx.saved_tensors
     # grad_z may arrive in another dtype (e.g. under autocast) -- the kernels read logvar's dtype.
-    grad_mu, grad_logvar = reparameterize_backward(grad_z.to(logvar.dtype), logvar, seed, ctx.backend)
+    grad_mu, grad_logvar = kernels(grad_z.to(logvar.dtype), logvar, seed, ctx.backend)
     return grad_mu, grad_logvar, None, None, None
 
 
+def _backward(ctx, grad_z):
+    return _backward_with(reparameterize_backward, ctx, grad_z)
+
+
 reparameterize.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerReparameterize(torch.autograd.Function):
+    """The same kernels, saved tensors and gradients as the custom ops, without their dispatch
+    cost, for plain eager calls (see _common.plain_eager)."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, seed, num_samples, backend):
+        z = _forward(mu, logvar, seed, num_samples, backend)
+        _setup_context(ctx, (mu, logvar, seed, num_samples, backend), z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        return _backward_with(_backward_kernels, ctx, grad_z)
+
+
+def run(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, backend: str) -> Tensor:
+    """z through vaekernels::reparameterize -- or, in plain eager execution, through the same
+    kernels without the custom-op dispatch (identical results and saved tensors)."""
+    if plain_eager(mu, logvar):
+        return _EagerReparameterize.apply(mu, logvar, seed, num_samples, backend)
+    return reparameterize(mu, logvar, seed, num_samples, backend)
