@@ -19,7 +19,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 import vaekernels as vk
-from conftest import DEVICE, MODES, SIZES, compiled, providers, run, saved_bytes
+from conftest import DEVICE, MODES, SIZES, mode_fn, provider_fn, providers, run, saved_bytes
 
 
 def naive(mu, logvar, pm, plv):
@@ -55,23 +55,9 @@ def bench_gaussian_kl(benchmark, provider, mode, prior, size):
         mu, lv, pm, plv = (t.detach().requires_grad_(True) for t in next(rotate))
         return (mu, lv, pm, plv) if prior == "learned" else (mu, lv, None, None)
 
-    compile_s = None
-    if provider == "eager":
-        f = naive
-    elif provider == "distributions":
-        f = distributions
-    elif provider == "compile":
-        f, compile_s = compiled(naive, leaves, backward=mode != "fwd")
-    else:
-        backend = provider[3:]
-        f = lambda mu, lv, pm, plv: vk.gaussian_kl(mu, lv, pm, plv, backend=backend)  # noqa: E731
-
-    if mode == "fwd":
-        fn, setup = f, leaves
-    elif mode == "bwd":
-        fn, setup = (lambda kl: kl.backward(grad)), (lambda: (f(*leaves()),))
-    else:
-        fn, setup = (lambda *a: f(*a).backward(grad)), leaves
+    f, compile_s = provider_fn(provider, naive, distributions, lambda backend: (
+        lambda mu, lv, pm, plv: vk.gaussian_kl(mu, lv, pm, plv, backend=backend)), leaves, mode)
+    fn, setup = mode_fn(f, leaves, mode, grad)
     s, pd = 4, (2 * d if prior == "learned" else 0)
     floor = {"fwd": (2 * n + pd + b) * s, "bwd": (b + 4 * n + 2 * pd) * s}
     floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]

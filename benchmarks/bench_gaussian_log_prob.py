@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vaekernels as vk
-from conftest import DEVICE, MODES, SIZES, compiled, providers, run, saved_bytes
+from conftest import DEVICE, MODES, SIZES, mode_fn, provider_fn, providers, run, saved_bytes
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -39,25 +39,9 @@ def bench_gaussian_log_prob(benchmark, provider, mode, size):
     def leaves():
         return tuple(t.detach().requires_grad_(True) for t in next(rotate))
 
-    compile_s = None
-    if provider == "eager":
-        f = eager
-    elif provider == "distributions":
-        f = distributions
-    elif provider == "compile":
-        f, compile_s = compiled(eager, leaves, backward=mode != "fwd")
-    else:
-        backend = provider[3:]
-
-        def f(z, mu, lv):
-            return vk.gaussian_log_prob(z, mu, lv, backend=backend)
-
-    if mode == "fwd":
-        fn, setup = f, leaves
-    elif mode == "bwd":
-        fn, setup = (lambda out: out.backward(grad)), (lambda: (f(*leaves()),))
-    else:
-        fn, setup = (lambda *a: f(*a).backward(grad)), leaves
+    f, compile_s = provider_fn(provider, eager, distributions, lambda backend: (
+        lambda z, mu, lv: vk.gaussian_log_prob(z, mu, lv, backend=backend)), leaves, mode)
+    fn, setup = mode_fn(f, leaves, mode, grad)
     floor = {"fwd": (k * n + 2 * n) * 4 + 4 * k * b, "bwd": (2 * k * n + 4 * n) * 4 + 4 * k * b}
     floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]
     run(benchmark, fn, setup, floor_bytes=floor[mode], kept_bytes=saved_bytes(lambda: f(*leaves())),

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import vaekernels as vk
-from conftest import DEVICE, MODES, SIZES, compiled, providers, run, saved_bytes
+from conftest import DEVICE, MODES, SIZES, mode_fn, provider_fn, providers, run, saved_bytes
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -61,25 +61,9 @@ def bench_iwae_bound(benchmark, provider, mode, size):
     def leaves():
         return tuple(t.detach().requires_grad_(True) for t in next(rotate))
 
-    compile_s = None
-    if provider == "eager":
-        f = eager
-    elif provider == "distributions":
-        f = distributions
-    elif provider == "compile":
-        f, compile_s = compiled(eager, leaves, backward=mode != "fwd")
-    else:
-        backend = provider[3:]
-
-        def f(lpx, z, mu, lv):
-            return vk.iwae_bound(lpx, z, mu, lv, reduction="sum", backend=backend)
-
-    if mode == "fwd":
-        fn, setup = f, leaves
-    elif mode == "bwd":
-        fn, setup = (lambda out: out.backward()), (lambda: (f(*leaves()),))
-    else:
-        fn, setup = (lambda *a: f(*a).backward()), leaves
+    f, compile_s = provider_fn(provider, eager, distributions, lambda backend: (
+        lambda lpx, z, mu, lv: vk.iwae_bound(lpx, z, mu, lv, reduction="sum", backend=backend)), leaves, mode)
+    fn, setup = mode_fn(f, leaves, mode)
     kept = saved_bytes(lambda: f(*leaves()))
     run(benchmark, fn, setup, floor_bytes=floor_bytes(b, d, k)[mode], kept_bytes=kept, compile_s=compile_s,
         op="iwae_bound", provider=provider, mode=mode, size=size, shape=f"B={b} D={d} K={k}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vaekernels as vk
-from conftest import DEVICE, MODES, SIZES, compiled, providers, run, saved_bytes
+from conftest import DEVICE, MODES, SIZES, mode_fn, provider_fn, providers, run, saved_bytes
 
 
 def eager(x, dim):
@@ -34,21 +34,9 @@ def bench_log_mean_exp(benchmark, provider, mode, size, dim):
     def leaves():
         return (next(rotate).detach().requires_grad_(True),)
 
-    compile_s = None
-    if provider == "eager":
-        f = lambda x: eager(x, dim)  # noqa: E731
-    elif provider == "compile":
-        f, compile_s = compiled(lambda x: eager(x, dim), leaves, backward=mode != "fwd")
-    else:
-        backend = provider[3:]
-        f = lambda x: vk.log_mean_exp(x, dim, backend=backend)  # noqa: E731
-
-    if mode == "fwd":
-        fn, setup = f, leaves
-    elif mode == "bwd":
-        fn, setup = (lambda out: out.backward(grad)), (lambda: (f(*leaves()),))
-    else:
-        fn, setup = (lambda x: f(x).backward(grad)), leaves
+    f, compile_s = provider_fn(provider, lambda x: eager(x, dim), None,
+                               lambda backend: (lambda x: vk.log_mean_exp(x, dim, backend=backend)), leaves, mode)
+    fn, setup = mode_fn(f, leaves, mode, grad)
     floor = {"fwd": (k * m + m) * 4, "bwd": (2 * k * m + 2 * m) * 4}
     floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]
     run(benchmark, fn, setup, floor_bytes=floor[mode], kept_bytes=saved_bytes(lambda: f(*leaves())),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vaekernels as vk
-from conftest import DEVICE, MODES, SIZES, compiled, providers, run, saved_bytes
+from conftest import DEVICE, MODES, SIZES, mode_fn, provider_fn, providers, run, saved_bytes
 
 
 def naive(mu, logvar, k):
@@ -34,23 +34,9 @@ def bench_reparameterize(benchmark, provider, mode, size):
         mu, lv = next(rotate)
         return mu.detach().requires_grad_(True), lv.detach().requires_grad_(True)
 
-    compile_s = None
-    if provider == "eager":
-        f = lambda m, l: naive(m, l, k)  # noqa: E731
-    elif provider == "distributions":
-        f = lambda m, l: distributions(m, l, k)  # noqa: E731
-    elif provider == "compile":
-        f, compile_s = compiled(lambda m, l: naive(m, l, k), leaves, backward=mode != "fwd")
-    else:
-        backend = provider[3:]
-        f = lambda m, l: vk.reparameterize(m, l, k, backend=backend)  # noqa: E731
-
-    if mode == "fwd":
-        fn, setup = f, leaves
-    elif mode == "bwd":
-        fn, setup = (lambda z: z.backward(grad)), (lambda: (f(*leaves()),))
-    else:
-        fn, setup = (lambda m, l: f(m, l).backward(grad)), leaves
+    f, compile_s = provider_fn(provider, lambda m, l: naive(m, l, k), lambda m, l: distributions(m, l, k),
+                               lambda backend: (lambda m, l: vk.reparameterize(m, l, k, backend=backend)), leaves, mode)
+    fn, setup = mode_fn(f, leaves, mode, grad)
     s = 4
     floor = {"fwd": (2 * n + k * n) * s, "bwd": (k * n + 3 * n) * s}
     floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]

@@ -100,6 +100,8 @@ def run(benchmark, fn: Callable, setup: Callable[[], tuple], *, floor_bytes: int
     target(*setup())
     per_call = time.perf_counter() - t0
     benchmark.pedantic(target, setup=lambda: (setup(), {}), rounds=rounds_for(per_call / 2), warmup_rounds=1)
+    if benchmark.stats is None:  # --benchmark-disable: each case ran once, as a smoke test
+        return
     median = benchmark.stats.stats.median
     bw = copy_bandwidth()
     gbps = floor_bytes / median / 1e9
@@ -127,6 +129,29 @@ def compiled(fn: Callable, warm_args: Callable[[], tuple], backward: bool) -> tu
         out.backward(torch.ones_like(out))
     sync()
     return cfn, time.perf_counter() - t0
+
+
+def provider_fn(provider: str, naive: Callable, distributions: Optional[Callable], vk_fn: Callable[[str], Callable],
+                leaves: Callable[[], tuple], mode: str) -> tuple:
+    """(the function ``provider`` times, torch.compile's compile seconds or None).
+    ``vk_fn(backend)`` builds the vaekernels call for ``vk_<backend>``."""
+    if provider == "eager":
+        return naive, None
+    if provider == "distributions":
+        return distributions, None
+    if provider == "compile":
+        return compiled(naive, leaves, backward=mode != "fwd")
+    return vk_fn(provider[3:]), None
+
+
+def mode_fn(f: Callable, leaves: Callable[[], tuple], mode: str, grad=None) -> tuple:
+    """(timed function, per-round setup) for a mode: fwd times ``f(*leaves())``; bwd times
+    ``out.backward(grad)`` after an untimed forward; fwd+bwd times both."""
+    if mode == "fwd":
+        return f, leaves
+    if mode == "bwd":
+        return (lambda out: out.backward(grad)), (lambda: (f(*leaves()),))
+    return (lambda *a: f(*a).backward(grad)), leaves
 
 
 def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
