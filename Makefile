@@ -27,8 +27,10 @@ setup: $(STAMP)
 build: $(STAMP)
 	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} $(BIN)/python setup.py -q build_ext --inplace
 
+# The suite, then every small benchmark case once (so the benchmarks cannot rot unnoticed).
 test: build
 	$(BIN)/python -m pytest -q
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest benchmarks -q -k small --benchmark-disable -p no:cacheprovider
 
 # Trains vk.nn.VAE on scikit-learn's digits, fused then naive (the package is built in place, not installed).
 demo: build
