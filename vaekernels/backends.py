@@ -78,11 +78,12 @@ def _import_compiled(name: str, warn: bool):
         return importlib.import_module(name), None
     except ImportError as exc:  # missing, or built for another platform / Python
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == name
-        reason = (
-            f"{name} is not built (install the package or run `make build`)"
-            if missing
-            else f"{name} failed to load: {exc}"
-        )
+        if not missing:
+            reason = f"{name} failed to load: {exc}"
+        elif name.endswith("_cuda"):
+            reason = f"{name} is not in this build (built without nvcc, or with VAEKERNELS_CUDA=0)"
+        else:
+            reason = f"{name} is not built (install the package or run `make build`)"
         if warn and not missing:
             warnings.warn(f"vaekernels: {reason}; falling back to other backends", BackendNotSupportedWarning, stacklevel=3)
         return None, reason

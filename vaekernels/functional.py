@@ -240,7 +240,7 @@ def iwae_bound(
         bound, weights = _iwae_bound_ref.iwae_bound(log_px_z, z, mu, logvar, prior_mu, prior_logvar, alpha, stl)
     else:
         lpx = log_px_z.to(backends.compute_dtype(z.dtype))
-        bound, weights = _iwae_bound_op.iwae_bound(lpx, z, mu, logvar, prior_mu, prior_logvar, alpha, stl, name)
+        bound, weights = _iwae_bound_op.run(lpx, z, mu, logvar, prior_mu, prior_logvar, alpha, stl, name)
     if reduction == "sum":
         bound = bound.sum()
     elif reduction == "batchmean":
@@ -265,7 +265,7 @@ def log_mean_exp(x: Tensor, dim: int, keepdim: bool = False, *, backend: Optiona
     name = backends.resolve(op, x.device, x.dtype, backend)
     if name == "reference":
         return _log_mean_exp_ref.log_mean_exp(x, dim, keepdim)
-    out = _log_mean_exp_op.log_mean_exp(x, dim, name)
+    out = _log_mean_exp_op.run(x, dim, name)
     return out.unsqueeze(dim) if keepdim else out
 
 
@@ -292,4 +292,4 @@ def gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor, *, backend: Optiona
     name = backends.resolve(op, z.device, z.dtype, backend)
     if name == "reference":
         return _gaussian_log_prob_ref.gaussian_log_prob(z, mu, logvar)
-    return _gaussian_log_prob_op.gaussian_log_prob(z, mu, logvar, name)
+    return _gaussian_log_prob_op.run(z, mu, logvar, name)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .. import backends
 from ._common import contig as _contig
-from ._common import plain_eager
+from ._common import dispatcher, eager_twin
 from ._common import ptr as _ptr
 from ..backends import compute_dtype
 
@@ -177,7 +177,7 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (reduction, free_bits, backend)
 
 
-def _backward_with(kernels, ctx, grad):
+def _backward_with(kernels, ctx, grad, _grad_col=None):
     mu, logvar, prior_mu, prior_logvar, col = ctx.saved_tensors
     reduction, free_bits, backend = ctx.args
     # The upstream gradient may arrive in another dtype (autocast); the kernels read the compute dtype.
@@ -194,28 +194,11 @@ def _backward(ctx, grad, _grad_col):
 gaussian_kl.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerGaussianKL(torch.autograd.Function):
-    """The same kernels, context and gradients as the custom ops, as a plain autograd.Function:
-    for eager calls on plain tensors, where the custom-op dispatch (its Python wrappers and checks)
-    costs ~100 us per forward + backward -- more than the kernels themselves at batch 128, latent 32."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        # ctx-style forward: a separate setup_context makes Function.apply bind arguments through
-        # inspect.signature on every call (~40 us).
-        output = _forward(*inputs)
-        _setup_context(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad, _grad_col):
-        return _backward_with(_backward_kernels, ctx, grad)
+_Eager = eager_twin("_EagerGaussianKL", _forward, _setup_context, _backward_with, _backward_kernels)
+_run = dispatcher(gaussian_kl, _Eager)
 
 
 def run(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], reduction: str,
         free_bits: float, backend: str) -> Tensor:
-    """The KL through vaekernels::gaussian_kl -- or, in plain eager execution, through the same
-    kernels without the custom-op dispatch (identical results and saved tensors)."""
-    if plain_eager(mu, logvar, prior_mu, prior_logvar):
-        return _EagerGaussianKL.apply(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]
-    return gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]
+    """The KL through vaekernels::gaussian_kl or, in plain eager execution, its eager twin."""
+    return _run(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .. import backends
 from ..backends import compute_dtype
+from ._common import dispatcher, eager_twin
 
 
 def _sizes(z: Tensor, mu: Tensor) -> Tuple[int, int, int]:
@@ -68,13 +69,17 @@ def _bwd(grad, z, mu, logvar, g_z, g_mu, g_lv, backend) -> None:
         raise ValueError(f"gaussian_log_prob: no kernel for backend {backend!r}")
 
 
-@torch.library.custom_op("vaekernels::gaussian_log_prob", mutates_args=())
-def gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor, backend: str) -> Tensor:
-    """z: [..., *mu.shape]; mu, logvar: [..., D] -> z.shape[:-1] in the compute dtype."""
+def _forward(z: Tensor, mu: Tensor, logvar: Tensor, backend: str) -> Tensor:
     out = torch.empty(z.shape[:-1], dtype=compute_dtype(z.dtype), device=z.device)
     if out.numel():
         _fwd(z.contiguous(), mu.contiguous(), logvar.contiguous(), out, backend)
     return out
+
+
+@torch.library.custom_op("vaekernels::gaussian_log_prob", mutates_args=())
+def gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor, backend: str) -> Tensor:
+    """z: [..., *mu.shape]; mu, logvar: [..., D] -> z.shape[:-1] in the compute dtype."""
+    return _forward(z, mu, logvar, backend)
 
 
 @gaussian_log_prob.register_fake
@@ -82,10 +87,7 @@ def _(z, mu, logvar, backend):
     return z.new_empty(z.shape[:-1], dtype=compute_dtype(z.dtype))
 
 
-@torch.library.custom_op("vaekernels::gaussian_log_prob_backward", mutates_args=())
-def gaussian_log_prob_backward(grad: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
-                               backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """grad: z.shape[:-1] (compute dtype) -> (grad_z, grad_mu, grad_logvar) in their inputs' shapes and dtype."""
+def _backward_kernels(grad: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     g_z = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     g_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
     g_lv = torch.empty_like(g_mu)
@@ -95,6 +97,13 @@ def gaussian_log_prob_backward(grad: Tensor, z: Tensor, mu: Tensor, logvar: Tens
         return g_z, g_mu, g_lv
     _bwd(grad.contiguous(), z.contiguous(), mu.contiguous(), logvar.contiguous(), g_z, g_mu, g_lv, backend)
     return g_z, g_mu, g_lv
+
+
+@torch.library.custom_op("vaekernels::gaussian_log_prob_backward", mutates_args=())
+def gaussian_log_prob_backward(grad: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
+                               backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """grad: z.shape[:-1] (compute dtype) -> (grad_z, grad_mu, grad_logvar) in their inputs' shapes and dtype."""
+    return _backward_kernels(grad, z, mu, logvar, backend)
 
 
 @gaussian_log_prob_backward.register_fake
@@ -109,11 +118,20 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _backward(ctx, grad):
+def _backward_with(kernels, ctx, grad):
     z, mu, logvar = ctx.saved_tensors
     # The upstream gradient may arrive in another dtype (autocast); the kernels read the compute dtype.
-    g_z, g_mu, g_lv = gaussian_log_prob_backward(grad.to(compute_dtype(z.dtype)), z, mu, logvar, ctx.backend)
+    g_z, g_mu, g_lv = kernels(grad.to(compute_dtype(z.dtype)), z, mu, logvar, ctx.backend)
     return g_z, g_mu, g_lv, None
 
 
+def _backward(ctx, grad):
+    return _backward_with(gaussian_log_prob_backward, ctx, grad)
+
+
 gaussian_log_prob.register_autograd(_backward, setup_context=_setup_context)
+
+_Eager = eager_twin("_EagerGaussianLogProb", _forward, _setup_context, _backward_with, _backward_kernels)
+
+# run(z, mu, logvar, backend) -> log-densities, through the custom op or its eager twin.
+run = dispatcher(gaussian_log_prob, _Eager)

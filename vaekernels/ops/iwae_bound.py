@@ -37,6 +37,7 @@ from torch import Tensor
 from .. import backends
 from ..backends import compute_dtype
 from ._common import contig as _contig
+from ._common import dispatcher, eager_twin
 from ._common import ptr as _ptr
 
 
@@ -82,11 +83,8 @@ def _bwd(grad, weights, z, mu, logvar, pm, plv, g_lpx, g_z, g_mu, g_lv, g_pm, g_
         raise ValueError(f"iwae_bound: no kernel for backend {backend!r}")
 
 
-@torch.library.custom_op("vaekernels::iwae_bound", mutates_args=())
-def iwae_bound(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
-               prior_logvar: Optional[Tensor], alpha: float, stl: bool, backend: str) -> Tuple[Tensor, Tensor]:
-    """log_px_z: [K, B] (compute dtype); z: [K, B, D]; mu, logvar: [B, D]; priors: None, [D] or [B, D]
-    -> (bound [B], weights [K, B]), both in the compute dtype.  ``stl`` only affects backward."""
+def _forward(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
+             prior_logvar: Optional[Tensor], alpha: float, stl: bool, backend: str) -> Tuple[Tensor, Tensor]:
     k, b, _ = z.shape
     cdt = compute_dtype(z.dtype)
     bound = torch.empty((b,), dtype=cdt, device=z.device)
@@ -95,6 +93,14 @@ def iwae_bound(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, prior_mu
         _fwd(log_px_z.contiguous(), z.contiguous(), mu.contiguous(), logvar.contiguous(), _contig(prior_mu),
              _contig(prior_logvar), bound, weights, alpha, backend)
     return bound, weights
+
+
+@torch.library.custom_op("vaekernels::iwae_bound", mutates_args=())
+def iwae_bound(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
+               prior_logvar: Optional[Tensor], alpha: float, stl: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    """log_px_z: [K, B] (compute dtype); z: [K, B, D]; mu, logvar: [B, D]; priors: None, [D] or [B, D]
+    -> (bound [B], weights [K, B]), both in the compute dtype.  ``stl`` only affects backward."""
+    return _forward(log_px_z, z, mu, logvar, prior_mu, prior_logvar, alpha, stl, backend)
 
 
 @iwae_bound.register_fake
@@ -108,14 +114,9 @@ def _grad_buffer(t: Optional[Tensor], wanted: bool, ref: Tensor) -> Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device=t.device) if wanted and t is not None else ref.new_empty((0,))
 
 
-@torch.library.custom_op("vaekernels::iwae_bound_backward", mutates_args=())
-def iwae_bound_backward(grad: Tensor, weights: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
-                        prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], q_grad: bool,
-                        prior_grad: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """grad: [B], weights: [K, B] (compute dtype) -> (grad_log_px_z [K, B] compute dtype, grad_z,
-    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar), each in its input's shape and dtype, or
-    [0] where not computed: the q gradients without ``q_grad`` (STL), a prior's when absent or
-    without ``prior_grad``."""
+def _backward_kernels(grad: Tensor, weights: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
+                      prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], q_grad: bool, prior_grad: bool,
+                      backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     g_lpx = torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
     g_z = torch.empty(z.shape, dtype=z.dtype, device=z.device)
     g_mu, g_lv = _grad_buffer(mu, q_grad, z), _grad_buffer(logvar, q_grad, z)
@@ -130,6 +131,17 @@ def iwae_bound_backward(grad: Tensor, weights: Tensor, z: Tensor, mu: Tensor, lo
          g_pm if prior_grad and prior_mu is not None else None,
          g_plv if prior_grad and prior_logvar is not None else None, backend)
     return g_lpx, g_z, g_mu, g_lv, g_pm, g_plv
+
+
+@torch.library.custom_op("vaekernels::iwae_bound_backward", mutates_args=())
+def iwae_bound_backward(grad: Tensor, weights: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
+                        prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], q_grad: bool,
+                        prior_grad: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """grad: [B], weights: [K, B] (compute dtype) -> (grad_log_px_z [K, B] compute dtype, grad_z,
+    grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar), each in its input's shape and dtype, or
+    [0] where not computed: the q gradients without ``q_grad`` (STL), a prior's when absent or
+    without ``prior_grad``."""
+    return _backward_kernels(grad, weights, z, mu, logvar, prior_mu, prior_logvar, q_grad, prior_grad, backend)
 
 
 @iwae_bound_backward.register_fake
@@ -150,14 +162,14 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (stl, backend)
 
 
-def _backward(ctx, grad, _grad_weights):
+def _backward_with(kernels, ctx, grad, _grad_weights):
     z, mu, logvar, prior_mu, prior_logvar, weights = ctx.saved_tensors
     stl, backend = ctx.args
     need = ctx.needs_input_grad
     q_grad = not stl and (need[2] or need[3])
     prior_grad = need[4] or need[5]
     # The upstream gradient may arrive in another dtype (autocast); the kernels read the compute dtype.
-    g_lpx, g_z, g_mu, g_lv, g_pm, g_plv = iwae_bound_backward(
+    g_lpx, g_z, g_mu, g_lv, g_pm, g_plv = kernels(
         grad.to(weights.dtype), weights, z, mu, logvar, prior_mu, prior_logvar, q_grad, prior_grad, backend)
 
     def out(g, wanted):
@@ -167,4 +179,14 @@ def _backward(ctx, grad, _grad_weights):
             out(g_plv, prior_grad and prior_logvar is not None), None, None, None)
 
 
+def _backward(ctx, grad, _grad_weights):
+    return _backward_with(iwae_bound_backward, ctx, grad, _grad_weights)
+
+
 iwae_bound.register_autograd(_backward, setup_context=_setup_context)
+
+_Eager = eager_twin("_EagerIWAEBound", _forward, _setup_context, _backward_with, _backward_kernels)
+
+# run(log_px_z, z, mu, logvar, prior_mu, prior_logvar, alpha, stl, backend) -> (bound, weights),
+# through the custom op or its eager twin.
+run = dispatcher(iwae_bound, _Eager)

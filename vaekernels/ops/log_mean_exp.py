@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import backends
 from ..backends import compute_dtype
+from ._common import dispatcher, eager_twin
 
 
 def _sizes(x: Tensor, dim: int) -> Tuple[int, int, int]:
@@ -63,13 +64,17 @@ def _out_shape(x: Tensor, dim: int) -> tuple:
     return tuple(x.shape[:dim]) + tuple(x.shape[dim + 1:])
 
 
-@torch.library.custom_op("vaekernels::log_mean_exp", mutates_args=())
-def log_mean_exp(x: Tensor, dim: int, backend: str) -> Tensor:
-    """x: [..., n, ...] with n = x.shape[dim] >= 1 (dim >= 0) -> x.shape without dim, compute dtype."""
+def _forward(x: Tensor, dim: int, backend: str) -> Tensor:
     out = torch.empty(_out_shape(x, dim), dtype=compute_dtype(x.dtype), device=x.device)
     if out.numel():
         _fwd(x.contiguous(), out, dim, backend)
     return out
+
+
+@torch.library.custom_op("vaekernels::log_mean_exp", mutates_args=())
+def log_mean_exp(x: Tensor, dim: int, backend: str) -> Tensor:
+    """x: [..., n, ...] with n = x.shape[dim] >= 1 (dim >= 0) -> x.shape without dim, compute dtype."""
+    return _forward(x, dim, backend)
 
 
 @log_mean_exp.register_fake
@@ -77,13 +82,17 @@ def _(x, dim, backend):
     return x.new_empty(_out_shape(x, dim), dtype=compute_dtype(x.dtype))
 
 
-@torch.library.custom_op("vaekernels::log_mean_exp_backward", mutates_args=())
-def log_mean_exp_backward(grad: Tensor, x: Tensor, out: Tensor, dim: int, backend: str) -> Tensor:
-    """grad, out: x.shape without dim (compute dtype) -> grad_x: x's shape and dtype."""
+def _backward_kernels(grad: Tensor, x: Tensor, out: Tensor, dim: int, backend: str) -> Tensor:
     g_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if g_x.numel():
         _bwd(grad.contiguous(), x.contiguous(), out.contiguous(), g_x, dim, backend)
     return g_x
+
+
+@torch.library.custom_op("vaekernels::log_mean_exp_backward", mutates_args=())
+def log_mean_exp_backward(grad: Tensor, x: Tensor, out: Tensor, dim: int, backend: str) -> Tensor:
+    """grad, out: x.shape without dim (compute dtype) -> grad_x: x's shape and dtype."""
+    return _backward_kernels(grad, x, out, dim, backend)
 
 
 @log_mean_exp_backward.register_fake
@@ -97,10 +106,19 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (dim, backend)
 
 
-def _backward(ctx, grad):
+def _backward_with(kernels, ctx, grad):
     x, out = ctx.saved_tensors
     dim, backend = ctx.args
-    return log_mean_exp_backward(grad.to(out.dtype), x, out, dim, backend), None, None
+    return kernels(grad.to(out.dtype), x, out, dim, backend), None, None
+
+
+def _backward(ctx, grad):
+    return _backward_with(log_mean_exp_backward, ctx, grad)
 
 
 log_mean_exp.register_autograd(_backward, setup_context=_setup_context)
+
+_Eager = eager_twin("_EagerLogMeanExp", _forward, _setup_context, _backward_with, _backward_kernels)
+
+# run(x, dim, backend) -> out, through the custom op or its eager twin.
+run = dispatcher(log_mean_exp, _Eager)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from ._common import plain_eager
+from ._common import dispatcher, eager_twin
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -117,24 +117,7 @@ def _backward(ctx, grad_z):
 reparameterize.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _EagerReparameterize(torch.autograd.Function):
-    """The same kernels, saved tensors and gradients as the custom ops, without their dispatch
-    cost, for plain eager calls (see _common.plain_eager)."""
+_Eager = eager_twin("_EagerReparameterize", _forward, _setup_context, _backward_with, _backward_kernels)
 
-    @staticmethod
-    def forward(ctx, mu, logvar, seed, num_samples, backend):
-        z = _forward(mu, logvar, seed, num_samples, backend)
-        _setup_context(ctx, (mu, logvar, seed, num_samples, backend), z)
-        return z
-
-    @staticmethod
-    def backward(ctx, grad_z):
-        return _backward_with(_backward_kernels, ctx, grad_z)
-
-
-def run(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, backend: str) -> Tensor:
-    """z through vaekernels::reparameterize -- or, in plain eager execution, through the same
-    kernels without the custom-op dispatch (identical results and saved tensors)."""
-    if plain_eager(mu, logvar):
-        return _EagerReparameterize.apply(mu, logvar, seed, num_samples, backend)
-    return reparameterize(mu, logvar, seed, num_samples, backend)
+# run(mu, logvar, seed, num_samples, backend) -> z, through the custom op or its eager twin.
+run = dispatcher(reparameterize, _Eager)
