@@ -9,8 +9,8 @@
 //   grad_mu[n]     = iv sum_s c u          grad_logvar[n] = -1/2 (sum_s c - iv sum_s c u^2)
 //
 // Work split: tasks of (kBlockN examples) x (a chunk of the S samples); e^-lv is computed once
-// per task and example, never per sample.  Rows of the next sample are prefetched (N rows ahead:
-// too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
+// per task and example, never per sample.  Rows of the sample after next are prefetched (2N rows
+// ahead: too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
 // backward's per-chunk partial sums are added in chunk order: results do not depend on the
 // thread count.
 
@@ -77,7 +77,7 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
       for (int64_t si = s0; si < s1; ++si)
         for (int64_t j = 0; j < nb; ++j) {
           const typename D::S* zr = z + (si * n + n0 + j) * d;
-          if (si + 1 < s1) prefetch_bytes(zr + n * d, d * sizeof(*zr));  // this row of the next sample
+          if (si + kPrefetchAhead < s1) prefetch_bytes(zr + kPrefetchAhead * n * d, d * sizeof(*zr));  // sample si + 2
           const C* mj = st.m.data() + j * d;
           const C* ivj = st.iv.data() + j * d;
           const C quad = row_sum<C>(d, [&](int64_t i) {
@@ -118,7 +118,7 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
           const C c = grad[row];
           csum[j] += c;
           const typename D::S* zr = z + row * d;
-          if (si + 1 < s1) prefetch_bytes(zr + n * d, d * sizeof(*zr));  // this row of the next sample
+          if (si + kPrefetchAhead < s1) prefetch_bytes(zr + kPrefetchAhead * n * d, d * sizeof(*zr));  // sample si + 2
           const C* mj = st.m.data() + j * d;
           const C* ivj = st.iv.data() + j * d;
           C* a1 = acc.data() + j * d;

@@ -22,7 +22,7 @@
 //
 // Work split: blocks of kBlockB consecutive examples (B order), each a task that walks k and,
 // for each k, the block's rows z[k, b0 .. b0 + nb) -- one contiguous stretch of memory -- while
-// prefetching the same rows of sample k + 1 (B rows further: too far for the hardware
+// prefetching the same rows of sample k + 2 (2B rows further: too far for the hardware
 // prefetcher).  Every example's arithmetic is the same whichever thread runs it, and a [D]
 // prior's gradient is summed per block, then over blocks in block order: results do not depend
 // on the thread count.
@@ -114,7 +114,7 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
         const C* lk = lpx + k * B + b0;
         for (int64_t j = 0; j < nb; ++j) {
           const typename D::S* zr = a.z + (k * B + b0 + j) * d;
-          if (k + 1 < K) prefetch_bytes(zr + B * d, d * sizeof(*zr));  // this row of sample k + 1
+          if (k + kPrefetchAhead < K) prefetch_bytes(zr + kPrefetchAhead * B * d, d * sizeof(*zr));  // of sample k + 2
           const C* mj = st.m.data() + j * d;
           const C* iqj = st.iq.data() + j * d;
           const C* pmj = st.pm.data() + j * d;
@@ -191,7 +191,7 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
           }
           csum[j] += c;
           const S* zr = a.z + row * d;
-          if (k + 1 < K) prefetch_bytes(zr + B * d, d * sizeof(S));  // this row of sample k + 1
+          if (k + kPrefetchAhead < K) prefetch_bytes(zr + kPrefetchAhead * B * d, d * sizeof(S));  // of sample k + 2
           const C* mj = st.m.data() + j * d;
           const C* iqj = st.iq.data() + j * d;
           const C* pmj = st.pm.data() + j * d;
