@@ -78,8 +78,9 @@ def time_call(fn: Callable[[], object]) -> float:
 
 
 def rounds_for(seconds_per_call: float) -> int:
-    """Enough rounds for a stable median in about 1-2 s per case (at least 5)."""
-    return int(min(200, max(5, 1.5 / max(seconds_per_call, 1e-6))))
+    """Rounds for a stable median in about 0.75 s per case: at least 7 (the median of 7 ignores
+    three outliers on either side), at most 200."""
+    return int(min(200, max(7, 0.75 / max(seconds_per_call, 1e-6))))
 
 
 def run(benchmark, fn: Callable, setup: Callable[[], tuple], *, floor_bytes: int, kept_bytes: int,
