@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.deps-installed
 # e.g. VENV_FLAGS=--system-site-packages TORCH=torch on a machine whose torch is already there.
 VENV_FLAGS ?=
 
-.PHONY: setup build test demo bench wheel wheel-test wheel-smoke info clean
+.PHONY: setup build test sanitize demo bench wheel wheel-test wheel-smoke info clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -31,6 +31,36 @@ build: $(STAMP)
 test: build
 	$(BIN)/python -m pytest -q
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest benchmarks -q -k small --benchmark-disable -p no:cacheprovider
+
+# The whole suite against an AddressSanitizer + UBSan build of the CPU module (VAEKERNELS_SANITIZE=1),
+# built in $(SAN_DIR)/, never over the in-place build: the package, the tests and the examples are
+# copied to $(SAN_DIR)/tree with the sanitized _C and run from there (a check first makes sure that
+# is the _C imported).  Python is not instrumented, so the sanitizer runtimes _C links are preloaded;
+# no leak checks (CPython keeps some objects until exit by design).  ASan reports of pytest and of
+# every process it starts (DDP ranks, torchrun) go to $(SAN_DIR)/logs/; UBSan's (which ignore
+# log_path when ASan is loaded) to stderr, which pytest leaves alone (--capture=sys: a process that
+# aborts takes fd-captured output with it), into $(SAN_DIR)/pytest.log.  Any report fails the
+# target, as does any failed test.  No GPU: ASan's shadow memory and the CUDA driver do not mix;
+# the CUDA code has compute-sanitizer (benchmarks/gpu_check.sh).  SAN_PYTEST_ARGS: e.g. -x, -k iwae.
+SAN_DIR     ?= build-sanitize
+SAN_LOG      = $(abspath $(SAN_DIR))/logs
+SAN_REPORT  := runtime error:|ERROR: AddressSanitizer|SUMMARY: [A-Za-z]*Sanitizer
+sanitize: $(STAMP)
+	VAEKERNELS_SANITIZE=1 VAEKERNELS_CUDA=0 VAEKERNELS_BUILD_TYPE=RelWithDebInfo MAX_JOBS=$${MAX_JOBS:-$$(nproc)} \
+	    $(BIN)/python setup.py -q build_ext --build-temp $(SAN_DIR)/temp --build-lib $(SAN_DIR)/lib
+	rm -rf $(SAN_DIR)/tree $(SAN_LOG) && mkdir -p $(SAN_DIR)/tree/examples $(SAN_LOG)
+	cp -r vaekernels tests pyproject.toml $(SAN_DIR)/tree/ && cp examples/*.py $(SAN_DIR)/tree/examples/
+	rm -f $(SAN_DIR)/tree/vaekernels/_C*.so && cp $(SAN_DIR)/lib/vaekernels/_C.*.so $(SAN_DIR)/tree/vaekernels/
+	rm -f $(SAN_DIR)/status && cd $(SAN_DIR)/tree && \
+	export LD_PRELOAD="$$(ldd vaekernels/_C.*.so | awk '/libasan/ {a = $$3} /libubsan/ {u = $$3} END {print a, u}')" \
+	       ASAN_OPTIONS=detect_leaks=0:log_path=$(SAN_LOG)/asan \
+	       UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 CUDA_VISIBLE_DEVICES= && \
+	$(abspath $(BIN))/python -c "import vaekernels._C as c; assert c.build_info()['sanitize'], c.__file__" && \
+	{ $(abspath $(BIN))/python -m pytest -q -p no:cacheprovider --capture=sys tests $(SAN_PYTEST_ARGS) 2>&1; echo $$? > ../status; } \
+	    | tee ../pytest.log; \
+	status=$$(cat ../status 2>/dev/null || echo 1); n=$$(( $$(ls $(SAN_LOG) | wc -l) + $$(grep -cE '$(SAN_REPORT)' ../pytest.log) )); \
+	if [ "$$n" != 0 ]; then cat $(SAN_LOG)/* 2>/dev/null; echo "sanitize: $$n sanitizer report(s)"; exit 1; fi; \
+	echo "sanitize: no sanitizer reports (LD_PRELOAD=$$LD_PRELOAD), pytest exit status $$status"; exit $$status
 
 # Trains vk.nn.VAE on scikit-learn's digits, fused then naive (the package is built in place, not installed).
 demo: build
