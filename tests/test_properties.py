@@ -36,9 +36,11 @@ NaN the kernel must give exactly that.  Examples per op: ``max_examples`` of the
 profile (200 in the "ci" profile of conftest.py) on the compiled backends, half of it (100) on
 Triton: under the interpreter a call is ~30x slower.
 
-Two bugs these properties found are strict xfails below (test_iwae_weights_are_normalized,
-test_mixed_prior_gradient_is_summed_before_rounding); the general properties steer around them
-(alphas, a skipped check) until they are fixed.
+A bug these properties found is a strict xfail below
+(test_mixed_prior_gradient_is_summed_before_rounding); the KL property skips that check until it is
+fixed.  (test_iwae_weights_are_normalized found the cpu kernels' weights un-normalized for alphas
+whose 1 - alpha is not a power of two -- gcc fused (1 - alpha) log w - L into one fma; fixed in
+csrc/cpu/iwae_bound.cpp by reusing the rounded product.)
 """
 import math
 
@@ -48,7 +50,6 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 import vaekernels as vk
-from vaekernels import backends
 
 from conftest import KERNEL_CASES, TOL, dtypes_for, require
 
@@ -440,8 +441,8 @@ def test_mixed_prior_gradient_is_summed_before_rounding(device, backend):
 # ----------------------------------------------------------------------------- iwae_bound
 IWAE_REDUCTIONS = ("per_example", "sum", "batchmean")
 # alpha = 1 (the ELBO) and alphas whose 1 - alpha is a power of two, so (1 - alpha) log w is exact in
-# float32: with any other alpha the cpu kernels' weights are not normalized (the strict xfail of
-# test_iwae_weights_are_normalized, where any alpha is drawn); widen this once that is fixed.
+# float32 and the bounds below need no term for its rounding; test_iwae_weights_are_normalized draws
+# any alpha.
 ALPHAS = st.sampled_from([0.0, 1.0, 0.5, 0.75, 0.875, -1.0, -3.0, 1.5, 2.0, 3.0, 1.25])
 
 
@@ -584,27 +585,6 @@ def test_iwae_bound_properties(device, backend):
     run_property(_iwae_bound, device, backend)
 
 
-def _cpu_isa_contracts_fma():
-    """The cpu backend's kernels were compiled for a CPU with FMA (-march=haswell / skylake-avx512),
-    where GCC contracts a * b - c into fma(a, b, -c) by default (-ffp-contract=fast)."""
-    try:
-        return backends.module("cpu").build_info()["isa"] in ("avx2", "avx512")
-    except Exception:
-        return False
-
-
-FMA_WEIGHTS_BUG = (
-    "cpu kernels on avx2/avx512: renyi_weight (csrc/include/vaekernels/logsumexp.h) computes "
-    "exp((1 - alpha) * lw - lse) and GCC contracts it into fma((1 - alpha), lw, -lse), while lse was built "
-    "from the rounded products (1 - alpha) * lw: the weights are off by exp(+-u |(1 - alpha) lw|) -- sums of "
-    "0.95..1.07 at |log w| = 1e6, inf at 1e10 (K = 1: weight inf, bound finite) -- for any alpha whose "
-    "1 - alpha is not a power of two.  Fix: reuse the rounded r_k (or -ffp-contract=off for that file).")
-NORMALIZED_CASES = [
-    pytest.param(*c.values, marks=[*c.marks, pytest.mark.xfail(
-        c.values == ("cpu", "cpu") and _cpu_isa_contracts_fma(), reason=FMA_WEIGHTS_BUG, strict=True)], id=c.id)
-    for c in KERNEL_CASES]
-
-
 def _iwae_weights_are_normalized(data, device, backend):
     """Any finite alpha != 1, log-weights from -50 to -1e10: the weights are a softmax, so none exceeds
     1 and they are finite, K = 1 gives 1, and they sum to 1 -- to the rounding of K terms and of the
@@ -632,7 +612,7 @@ def _iwae_weights_are_normalized(data, device, backend):
     assert bool(((f64(dlpx).sum(0) - f64(g)).abs() <= tol * f64(g).abs()).all()), "d bound / d shift != 1"
 
 
-@pytest.mark.parametrize("device,backend", NORMALIZED_CASES)
+@pytest.mark.parametrize("device,backend", KERNEL_CASES)
 def test_iwae_weights_are_normalized(device, backend):
     run_property(_iwae_weights_are_normalized, device, backend)
 

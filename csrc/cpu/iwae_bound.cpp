@@ -131,7 +131,15 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
         if (rb.elbo) {
           for (int64_t j = 0; j < nb; ++j) s[j] += wk[j];
         } else {
-          for (int64_t j = 0; j < nb; ++j) lse_merge(m[j], s[j], one_minus * wk[j], C(1), ExpC{});
+          // wk keeps r = (1 - alpha) log w as rounded here, and the weights below are exp(r - L)
+          // of that very r: forming (1 - alpha) log w - L again let gcc fuse it into one fma
+          // with the unrounded product, which un-normalized the weights (K = 1, alpha = 0.3,
+          // log w = -1e10: weight inf).
+          for (int64_t j = 0; j < nb; ++j) {
+            const C r = one_minus * wk[j];
+            wk[j] = r;
+            lse_merge(m[j], s[j], r, C(1), ExpC{});
+          }
         }
       }
       for (int64_t j = 0; j < nb; ++j) {
@@ -141,7 +149,11 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
       }
       for (int64_t k = 0; k < K; ++k) {
         C* wk = weight + k * B + b0;
-        for (int64_t j = 0; j < nb; ++j) wk[j] = renyi_weight(rb, wk[j], y[j], lse[j], ExpC{});
+        if (rb.elbo) {
+          for (int64_t j = 0; j < nb; ++j) wk[j] = renyi_weight(rb, wk[j], y[j], lse[j], ExpC{});
+        } else {  // exp(r - L), 0 for a -inf bound (renyi_weight's rule, on the stored r)
+          for (int64_t j = 0; j < nb; ++j) wk[j] = y[j] == -inf ? C(0) : exp_c(wk[j] - lse[j]);
+        }
       }
     }
   });
