@@ -40,4 +40,5 @@ def bench_log_mean_exp(benchmark, provider, mode, size, dim):
     floor = {"fwd": (k * m + m) * 4, "bwd": (2 * k * m + 2 * m) * 4}
     floor["fwd+bwd"] = floor["fwd"] + floor["bwd"]
     run(benchmark, fn, setup, floor_bytes=floor[mode], kept_bytes=saved_bytes(lambda: f(*leaves())),
-        compile_s=compile_s, op="log_mean_exp", provider=provider, mode=mode, size=size, shape=f"{tuple(shape)} dim={dim}")
+        compile_s=compile_s, op="log_mean_exp", variant=f"dim={dim}", provider=provider, mode=mode, size=size,
+        shape=f"{tuple(shape)} dim={dim}")
