@@ -36,11 +36,12 @@ NaN the kernel must give exactly that.  Examples per op: ``max_examples`` of the
 profile (200 in the "ci" profile of conftest.py) on the compiled backends, half of it (100) on
 Triton: under the interpreter a call is ~30x slower.
 
-A bug these properties found is a strict xfail below
-(test_mixed_prior_gradient_is_summed_before_rounding); the KL property skips that check until it is
-fixed.  (test_iwae_weights_are_normalized found the cpu kernels' weights un-normalized for alphas
-whose 1 - alpha is not a power of two -- gcc fused (1 - alpha) log w - L into one fma; fixed in
-csrc/cpu/iwae_bound.cpp by reusing the rounded product.)
+Bugs these properties found, each now a regular test: test_mixed_prior_gradient_is_summed_before_rounding
+(gaussian_kl in float16/bfloat16 with prior shapes that differ rounded the expanded prior's
+per-example gradients before summing them: NaN; vaekernels/functional.py now runs that call in
+float32) and test_iwae_weights_are_normalized (the cpu kernels' weights un-normalized for alphas
+whose 1 - alpha is not a power of two -- gcc fused (1 - alpha) log w - L into one fma; every kernel
+now takes the weights exp(r - L) of the rounded r = (1 - alpha) log w its log-sum-exp saw).
 """
 import math
 
@@ -51,7 +52,7 @@ from hypothesis import strategies as st
 
 import vaekernels as vk
 
-from conftest import KERNEL_CASES, TOL, dtypes_for, require
+from conftest import ALL_CASES, KERNEL_CASES, TOL, dtypes_for, require
 
 # The Triton interpreter runs the kernels in numpy, which warns where the kernels form inf - inf or
 # exp(large) in a lane that a select then discards.
@@ -396,10 +397,6 @@ def _gaussian_kl(data, device, backend):
                                        (err_mu, err_lv, err_mu, err_plv)):
         if t is None:
             continue
-        if (mixed and dtype in HALF and name.startswith("prior") and t.dim() < ins[0].dim()
-                and bool((mg > torch.finfo(dtype).max).any())):
-            note(f"d{name}: not checked, test_mixed_prior_gradient_is_summed_before_rounding's bug")
-            continue
         count = mg.numel() // max(1, t.numel()) if mg.numel() else 1
         mg_t, er_t = mg.sum_to_size(t.shape), er.sum_to_size(t.shape)
         bound = er_t + ua * count * mg_t + store(dtype, mg_t, count)
@@ -412,30 +409,44 @@ def test_gaussian_kl_properties(device, backend):
     run_property(_gaussian_kl, device, backend)
 
 
-MIXED_PRIOR_BUG = (
-    "gaussian_kl with prior shapes that differ (e.g. prior_mu [D], prior_logvar [B, D]): functional.py "
-    "expands the smaller prior to the other's shape in the input dtype, so the op returns that prior's "
-    "per-example gradients rounded to float16 and torch's expand backward sums those: a term past 65504 is "
-    "+-inf and the sum NaN (inf - inf) although the gradient itself is in range.  The reference backend "
-    "(broadcast in float32, one rounding) gives it.  Fix: sum the expanded prior's gradient in float32 "
-    "before rounding (or let the kernels take the two priors' shapes separately).")
-
-
-@pytest.mark.parametrize("device,backend", [
-    pytest.param(*c.values, marks=[*c.marks, pytest.mark.xfail(reason=MIXED_PRIOR_BUG, strict=True)], id=c.id)
-    for c in KERNEL_CASES])
-def test_mixed_prior_gradient_is_summed_before_rounding(device, backend):
-    """float16, prior_mu [D] with prior_logvar [B, D]: dKL/dprior_mu = -sum_b g_b (mu_b - pm) e^-plv_b
-    = -(3 - 3.003) e^10 = 66.08 is well inside float16, its two terms (+-66079) are not."""
-    require(backend, device, torch.float16)
-    mu = torch.tensor([[3.0], [-3.0]], dtype=torch.float16, device=device)
-    pm = torch.zeros(1, dtype=torch.float16, device=device, requires_grad=True)
-    plv = torch.full((2, 1), -10.0, dtype=torch.float16, device=device)
-    g = torch.tensor([[1.0], [1.001]], device=device)
-    out = vk.gaussian_kl(mu, torch.zeros_like(mu), pm, plv, reduction="none", backend=backend)
-    (got,) = torch.autograd.grad(out, [pm], g)
-    want = -(f64(g) * (f64(mu) - f64(pm)) * torch.exp(-f64(plv))).sum(0)
-    check(got, want, store(torch.float16, want.abs()) + ULPS * unit(torch.float16) * 2 * 66079, "dprior_mu")
+@pytest.mark.parametrize("device,backend", ALL_CASES)
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("small", ("prior_mu", "prior_logvar"))
+def test_mixed_prior_gradient_is_summed_before_rounding(device, backend, dtype, small):
+    """A [D] prior beside a [B, D] one, in float16/bfloat16: the [D] prior's gradient is a sum over B
+    whose terms cancel, so it must be summed before it is rounded to 16 bits (functional.py runs such
+    a call in float32).  Summed after rounding it is NaN in float16 (a term past 65504 is inf) and
+    off by up to half a bfloat16 ulp of the terms (256) in bfloat16.
+    prior_mu [D]: dKL/dprior_mu = -sum_b g_b (mu_b - pm) e^-plv_b = -(3 - 3.003) e^10 = 66.08, terms +-66079.
+    prior_logvar [D] (mu = pm): dKL/dplv = -0.5 sum_b g_b expm1(lv_b - plv) = 0.0005 expm1(12) = 81.4,
+    terms +-81377."""
+    require(backend, device, dtype)
+    kw = dict(dtype=dtype, device=device)
+    if small == "prior_mu":
+        mu, lv = torch.tensor([[3.0], [-3.0]], **kw), torch.zeros(2, 1, **kw)
+        pm, plv = torch.zeros(1, **kw, requires_grad=True), torch.full((2, 1), -10.0, **kw)
+        g, leaf = torch.tensor([[1.0], [1.001]], device=device), pm
+    else:
+        mu, lv, pm = torch.zeros(2, 1, **kw), torch.zeros(2, 1, **kw), torch.zeros(2, 1, **kw)
+        plv = torch.full((1,), -12.0, **kw, requires_grad=True)
+        g, leaf = torch.tensor([[1.0], [-1.001]], device=device), plv
+    out = vk.gaussian_kl(mu, lv, pm, plv, reduction="none", backend=backend)
+    assert out.dtype == torch.float32
+    (got,) = torch.autograd.grad(out, [leaf], g)
+    assert got.dtype == dtype and got.shape == leaf.shape
+    m, l, p, q = (f64(t) for t in (mu, lv, pm, plv))
+    if small == "prior_mu":
+        terms = -(f64(g) * (m - p) * torch.exp(-q))
+    else:
+        terms = -0.5 * f64(g) * torch.expm1(l - q) - 0.5 * f64(g) * (m - p) ** 2 * torch.exp(-q)
+    want = terms.sum(0)
+    assert bool(torch.isfinite(want).all()) and float(want.abs().max()) < torch.finfo(dtype).max
+    # float32 terms of size |terms| (each off by ULPS u32 (1 + |plv|): the exp at plv), their float32
+    # sum, one rounding to dtype
+    u32 = unit(torch.float32)
+    mag = terms.abs().sum(0)
+    bound = u32 * (ULPS * (1 + q.abs().amax()) + 2) * mag + store(dtype, want.abs())
+    check(got, want, bound, f"d{small} {dtype}")
 
 
 # ----------------------------------------------------------------------------- iwae_bound
