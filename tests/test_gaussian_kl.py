@@ -101,8 +101,8 @@ def kl_bound(backend, dtype, kl_scale, naive_scale):
 
 
 def grad_rtol(backend, dtype):
-    """Gradients come back in the input dtype: float16/bfloat16 round them (and a mixed prior's is
-    summed after rounding), so the dtype's tolerance; float32 the arithmetic's; float64 the oracle's."""
+    """Gradients come back in the input dtype: float16/bfloat16 round them (once: a mixed prior's is
+    summed in float32 first), so the dtype's tolerance; float32 the arithmetic's; float64 the oracle's."""
     if dtype == torch.float64:
         return 1e-12
     if dtype != torch.float32:

@@ -36,11 +36,12 @@ NaN the kernel must give exactly that.  Examples per op: ``max_examples`` of the
 profile (200 in the "ci" profile of conftest.py) on the compiled backends, half of it (100) on
 Triton: under the interpreter a call is ~30x slower.
 
-A bug these properties found is a strict xfail below
-(test_mixed_prior_gradient_is_summed_before_rounding); the KL property skips that check until it is
-fixed.  (test_iwae_weights_are_normalized found the cpu kernels' weights un-normalized for alphas
-whose 1 - alpha is not a power of two -- gcc fused (1 - alpha) log w - L into one fma; fixed in
-csrc/cpu/iwae_bound.cpp by reusing the rounded product.)
+Bugs these properties found, each now a regular test: test_mixed_prior_gradient_is_summed_before_rounding
+(gaussian_kl in float16/bfloat16 with prior shapes that differ rounded the expanded prior's
+per-example gradients before summing them: NaN; vaekernels/functional.py now runs that call in
+float32) and test_iwae_weights_are_normalized (the cpu kernels' weights un-normalized for alphas
+whose 1 - alpha is not a power of two -- gcc fused (1 - alpha) log w - L into one fma; every kernel
+now takes the weights exp(r - L) of the rounded r = (1 - alpha) log w its log-sum-exp saw).
 """
 import math
 
@@ -51,7 +52,7 @@ from hypothesis import strategies as st
 
 import vaekernels as vk
 
-from conftest import KERNEL_CASES, TOL, dtypes_for, require
+from conftest import ALL_CASES, KERNEL_CASES, TOL, dtypes_for, require
 
 # The Triton interpreter runs the kernels in numpy, which warns where the kernels form inf - inf or
 # exp(large) in a lane that a select then discards.
@@ -396,10 +397,6 @@ def _gaussian_kl(data, device, backend):
                                        (err_mu, err_lv, err_mu, err_plv)):
         if t is None:
             continue
-        if (mixed and dtype in HALF and name.startswith("prior") and t.dim() < ins[0].dim()
-                and bool((mg > torch.finfo(dtype).max).any())):
-            note(f"d{name}: not checked, test_mixed_prior_gradient_is_summed_before_rounding's bug")
-            continue
         count = mg.numel() // max(1, t.numel()) if mg.numel() else 1
         mg_t, er_t = mg.sum_to_size(t.shape), er.sum_to_size(t.shape)
         bound = er_t + ua * count * mg_t + store(dtype, mg_t, count)
@@ -412,38 +409,53 @@ def test_gaussian_kl_properties(device, backend):
     run_property(_gaussian_kl, device, backend)
 
 
-MIXED_PRIOR_BUG = (
-    "gaussian_kl with prior shapes that differ (e.g. prior_mu [D], prior_logvar [B, D]): functional.py "
-    "expands the smaller prior to the other's shape in the input dtype, so the op returns that prior's "
-    "per-example gradients rounded to float16 and torch's expand backward sums those: a term past 65504 is "
-    "+-inf and the sum NaN (inf - inf) although the gradient itself is in range.  The reference backend "
-    "(broadcast in float32, one rounding) gives it.  Fix: sum the expanded prior's gradient in float32 "
-    "before rounding (or let the kernels take the two priors' shapes separately).")
-
-
-@pytest.mark.parametrize("device,backend", [
-    pytest.param(*c.values, marks=[*c.marks, pytest.mark.xfail(reason=MIXED_PRIOR_BUG, strict=True)], id=c.id)
-    for c in KERNEL_CASES])
-def test_mixed_prior_gradient_is_summed_before_rounding(device, backend):
-    """float16, prior_mu [D] with prior_logvar [B, D]: dKL/dprior_mu = -sum_b g_b (mu_b - pm) e^-plv_b
-    = -(3 - 3.003) e^10 = 66.08 is well inside float16, its two terms (+-66079) are not."""
-    require(backend, device, torch.float16)
-    mu = torch.tensor([[3.0], [-3.0]], dtype=torch.float16, device=device)
-    pm = torch.zeros(1, dtype=torch.float16, device=device, requires_grad=True)
-    plv = torch.full((2, 1), -10.0, dtype=torch.float16, device=device)
-    g = torch.tensor([[1.0], [1.001]], device=device)
-    out = vk.gaussian_kl(mu, torch.zeros_like(mu), pm, plv, reduction="none", backend=backend)
-    (got,) = torch.autograd.grad(out, [pm], g)
-    want = -(f64(g) * (f64(mu) - f64(pm)) * torch.exp(-f64(plv))).sum(0)
-    check(got, want, store(torch.float16, want.abs()) + ULPS * unit(torch.float16) * 2 * 66079, "dprior_mu")
+@pytest.mark.parametrize("device,backend", ALL_CASES)
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("small", ("prior_mu", "prior_logvar"))
+def test_mixed_prior_gradient_is_summed_before_rounding(device, backend, dtype, small):
+    """A [D] prior beside a [B, D] one, in float16/bfloat16: the [D] prior's gradient is a sum over B
+    whose terms cancel, so it must be summed before it is rounded to 16 bits (functional.py runs such
+    a call in float32).  Summed after rounding it is NaN in float16 (a term past 65504 is inf) and
+    off by up to half a bfloat16 ulp of the terms (256) in bfloat16.
+    prior_mu [D]: dKL/dprior_mu = -sum_b g_b (mu_b - pm) e^-plv_b = -(3 - 3.003) e^10 = 66.08, terms +-66079.
+    prior_logvar [D] (mu = pm): dKL/dplv = -0.5 sum_b g_b expm1(lv_b - plv) = 0.0005 expm1(12) = 81.4,
+    terms +-81377."""
+    require(backend, device, dtype)
+    kw = dict(dtype=dtype, device=device)
+    if small == "prior_mu":
+        mu, lv = torch.tensor([[3.0], [-3.0]], **kw), torch.zeros(2, 1, **kw)
+        pm, plv = torch.zeros(1, **kw, requires_grad=True), torch.full((2, 1), -10.0, **kw)
+        g, leaf = torch.tensor([[1.0], [1.001]], device=device), pm
+    else:
+        mu, lv, pm = torch.zeros(2, 1, **kw), torch.zeros(2, 1, **kw), torch.zeros(2, 1, **kw)
+        plv = torch.full((1,), -12.0, **kw, requires_grad=True)
+        g, leaf = torch.tensor([[1.0], [-1.001]], device=device), plv
+    out = vk.gaussian_kl(mu, lv, pm, plv, reduction="none", backend=backend)
+    assert out.dtype == torch.float32
+    (got,) = torch.autograd.grad(out, [leaf], g)
+    assert got.dtype == dtype and got.shape == leaf.shape
+    m, l, p, q = (f64(t) for t in (mu, lv, pm, plv))
+    if small == "prior_mu":
+        terms = -(f64(g) * (m - p) * torch.exp(-q))
+    else:
+        terms = -0.5 * f64(g) * torch.expm1(l - q) - 0.5 * f64(g) * (m - p) ** 2 * torch.exp(-q)
+    want = terms.sum(0)
+    assert bool(torch.isfinite(want).all()) and float(want.abs().max()) < torch.finfo(dtype).max
+    # float32 terms of size |terms| (each off by ULPS u32 (1 + |plv|): the exp at plv), their float32
+    # sum, one rounding to dtype
+    u32 = unit(torch.float32)
+    mag = terms.abs().sum(0)
+    bound = u32 * (ULPS * (1 + q.abs().amax()) + 2) * mag + store(dtype, want.abs())
+    check(got, want, bound, f"d{small} {dtype}")
 
 
 # ----------------------------------------------------------------------------- iwae_bound
 IWAE_REDUCTIONS = ("per_example", "sum", "batchmean")
-# alpha = 1 (the ELBO) and alphas whose 1 - alpha is a power of two, so (1 - alpha) log w is exact in
-# float32 and the bounds below need no term for its rounding; test_iwae_weights_are_normalized draws
-# any alpha.
-ALPHAS = st.sampled_from([0.0, 1.0, 0.5, 0.75, 0.875, -1.0, -3.0, 1.5, 2.0, 3.0, 1.25])
+# Any alpha the op accepts (any finite float): IWAE (0) and the ELBO (1), the usual range, near 1 (where
+# (L - log K) / (1 - alpha) cancels), and any finite float (the example then assumes that the compute
+# dtype's range holds (1 - alpha) log w).
+ALPHAS = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(-5.0, 5.0), st.floats(0.99, 1.01),
+                   st.floats(allow_nan=False, allow_infinity=False))
 
 
 def _iwae_bound(data, device, backend):
@@ -487,6 +499,12 @@ def _iwae_bound(data, device, backend):
     # against a prior with logvar = -60 gives 1e52: log w is -inf in float32, which the doc allows).
     assume(float(torch.cat([a.flatten(), c.flatten()]).amax()) * max(d, 1) < 1e30 if a.numel() else True)
     lpx_abs = lpx64.abs().masked_fill(~live, 0.0)
+    # |log w_k| <= lw_mag: lpx + sum_D of log p - log q's terms
+    lw_mag = lpx_abs + 0.5 * (2 * LOG_2PI + l.abs() + plvb.abs() + a + c).sum(-1)
+    odt = cdt(dtype)
+    # ... and r = (1 - alpha) log w in it too (alpha = 1e37 against log w = -50 is inf in float32)
+    top = float(lw_mag.masked_fill(~live, 0.0).amax()) if lw_mag.numel() else 0.0
+    assume(alpha == 1.0 or abs(1 - alpha) * max(1.0, top) < 1e-3 * torch.finfo(odt).max)
 
     ins64 = [leaf64(t) for t in ins]
 
@@ -494,18 +512,26 @@ def _iwae_bound(data, device, backend):
     red = vk.iwae_bound(*ins, alpha=alpha, stl=stl, reduction=reduction, backend=backend)
     ref_b, ref_w = vk.iwae_bound(*ins64, alpha=alpha, stl=stl, return_weights=True, backend="reference")
     ref_red = vk.iwae_bound(*ins64, alpha=alpha, stl=stl, reduction=reduction, backend="reference")
-    odt = cdt(dtype)
     assert bound.dtype == odt and w.dtype == odt and red.dtype == odt and tuple(w.shape) == (k, b)
 
     # log w_k: lpx + sum_D of log p - log q, each term rounded (exp at -logvar: |logvar| u)
-    lw_mag = lpx_abs + 0.5 * (2 * LOG_2PI + l.abs() + plvb.abs() + a + c).sum(-1)
     lw_err = ua * ((ULPS + d) * lw_mag + ULPS * 0.5 * (a * l.abs() + c * plvb.abs()).sum(-1))
     lw_err = lw_err.masked_fill(~live, 0.0)
     lw_max = lw_mag.masked_fill(~live, 0.0).amax(0) if k else torch.zeros(b)
+    # units of roundoff of |r_k| in r_k = fl(fl(1 - alpha) lw_k): none when 1 - alpha is a power of two
+    # (both exact), else the product's ULPS and one for 1 - alpha in the compute dtype
+    r_units = 0 if alpha == 1.0 or math.frexp(abs(1 - alpha))[0] == 0.5 else ULPS + 1
     if alpha == 1.0:
         b_err = lw_err.mean(0) + ua * (ULPS + k) * lw_max
-    else:  # max_k of the log-weights' errors (the weights sum to 1), the log-sum-exp's in r = (1-alpha) lw
-        b_err = lw_err.amax(0) + ua * ULPS * (2 * lw_max + (k + math.log(k) + 1) / abs(1 - alpha))
+    else:
+        # max_k of the log-weights' errors (the log-sum-exp is 1-Lipschitz in the max norm), the
+        # log-sum-exp's own rounding and the division's; and unless 1 - alpha is a power of two (then
+        # r_k = (1 - alpha) lw_k is exact) the rounding of r_k = fl(fl(1 - alpha) lw_k) -- the product's
+        # ULPS and one unit for 1 - alpha in the compute dtype, of |r_k| -- through the log-sum-exp and
+        # divided by 1 - alpha, and one unit of |bound| <= max_k |lw_k| (a mean of the lw_k) for the
+        # division by fl(1 - alpha)
+        b_err = (lw_err.amax(0) + ua * ULPS * (2 * lw_max + (k + math.log(k) + 1) / abs(1 - alpha))
+                 + ua * (r_units + 1 if r_units else 0) * lw_max)
     check(bound, ref_b, b_err + spacing(odt), f"bound {dtype} alpha={alpha}")
     bsum = b_err.sum() + ua * b * f64(ref_b).abs().masked_fill(~torch.isfinite(f64(ref_b)), 0).sum()
     check(red, ref_red, (bsum / b if reduction == "batchmean" else bsum) + spacing(odt), f"bound {reduction} {dtype}")
@@ -523,6 +549,9 @@ def _iwae_bound(data, device, backend):
         x = (r - lse).masked_fill(dead.expand(k, b), -INF).nan_to_num(-INF)
         r_abs = (abs(1 - alpha) * lw_mag + lse.abs()).masked_fill(~live | dead, 0.0)
         e = abs(1 - alpha) * (lw_err + lw_err.amax(0)) + ua * (ULPS * (1 + r_abs) + k)
+        # r_k's own rounding (r_units of |r_k|), in r_k and through the log-sum-exp (at most the largest)
+        r_mag = (abs(1 - alpha) * lw_mag).masked_fill(~live | dead, 0.0)
+        e = e + ua * r_units * (r_mag + r_mag.amax(0))
         # got and the oracle both in [e^(x - e), min(1, e^(x + e))] (e includes the oracle's error: its
         # log-sum-exp too is rounded at |lse|, 1e16 and more when a prior's logvar is -40)
         hi, lo = torch.exp((x + e).clamp(max=0)), torch.exp(x - e)

@@ -152,7 +152,16 @@ def gaussian_kl(
         return _gaussian_kl_ref.gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, free_bits)
     if prior_mu is not None and prior_logvar is not None and prior_mu.shape != prior_logvar.shape:
         # The kernels take one prior shape: the smaller prior is expanded (and materialized by the
-        # op); torch autograd sums its gradient back to its own shape.
+        # op); torch autograd sums its gradient back to its own shape.  That sum must add unrounded
+        # terms: in float16/bfloat16 the op would return the expanded prior's per-example gradients
+        # rounded to 16 bits, and a term past 65504 is inf (the sum inf - inf = NaN) although the
+        # summed gradient is in range.  So a 16-bit call with mixed prior shapes runs in float32:
+        # the inputs are cast up (the KL is float32 either way), the expand's backward sums float32
+        # terms, and each cast's backward rounds its gradient to 16 bits once.  Rather than kernels
+        # that take the two priors' row counts apart (a new argument through every backend's
+        # kernels and bindings for a rare call): this costs a float32 copy of the inputs, only there.
+        if mu.dtype in (torch.float16, torch.bfloat16):
+            mu, logvar, prior_mu, prior_logvar = (t.float() for t in (mu, logvar, prior_mu, prior_logvar))
         if prior_mu.dim() < prior_logvar.dim():
             prior_mu = prior_mu.expand(prior_logvar.shape)
         else:

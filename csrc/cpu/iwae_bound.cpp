@@ -5,7 +5,8 @@
 //     (the log 2 pi terms cancel; the difference is summed term by term, so a prior equal to q
 //     gives exactly 0, and e^-lv, e^-plv are computed once per example, not per sample)
 //   bound[b] = 1/(1 - alpha) (logsumexp_k (1 - alpha) log w[k, b] - log K)   (alpha = 1: mean_k)
-//   weight[k, b] = exp((1 - alpha) log w[k, b] - L_b)    (alpha = 1: 1/K; bound -inf: 0)
+//   weight[k, b] = exp(r[k, b] - L_b), r = (1 - alpha) log w as rounded for L_b   (alpha = 1: 1/K;
+//                  bound -inf: 0)
 //   lpx, bound, weight: compute type C (float32, or float64 for float64 z); z: [K, B, D],
 //   mu, logvar: [B, D]; pm, plv: [B, D] (row stride D), [D] (row stride 0) or absent (0).
 //   The -inf / +inf / NaN rules are those of vaekernels/logsumexp.h.
@@ -132,9 +133,9 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
           for (int64_t j = 0; j < nb; ++j) s[j] += wk[j];
         } else {
           // wk keeps r = (1 - alpha) log w as rounded here, and the weights below are exp(r - L)
-          // of that very r: forming (1 - alpha) log w - L again let gcc fuse it into one fma
-          // with the unrounded product, which un-normalized the weights (K = 1, alpha = 0.3,
-          // log w = -1e10: weight inf).
+          // of that very r (renyi_weight): forming (1 - alpha) log w - L again let gcc fuse it
+          // into one fma with the unrounded product, which un-normalized the weights (K = 1,
+          // alpha = 0.3, log w = -1e10: weight inf).
           for (int64_t j = 0; j < nb; ++j) {
             const C r = one_minus * wk[j];
             wk[j] = r;
@@ -149,11 +150,8 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
       }
       for (int64_t k = 0; k < K; ++k) {
         C* wk = weight + k * B + b0;
-        if (rb.elbo) {
-          for (int64_t j = 0; j < nb; ++j) wk[j] = renyi_weight(rb, wk[j], y[j], lse[j], ExpC{});
-        } else {  // exp(r - L), 0 for a -inf bound (renyi_weight's rule, on the stored r)
-          for (int64_t j = 0; j < nb; ++j) wk[j] = y[j] == -inf ? C(0) : exp_c(wk[j] - lse[j]);
-        }
+        // wk holds r (the ELBO: log w, unused): exp(r - L), 1/K for the ELBO, 0 for a -inf bound
+        for (int64_t j = 0; j < nb; ++j) wk[j] = renyi_weight(rb, wk[j], y[j], lse[j], ExpC{});
       }
     }
   });

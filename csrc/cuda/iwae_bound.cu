@@ -6,7 +6,8 @@
 // Per example b, with u = z - mu, v = z - pm, iq = e^-lv, ip = e^-plv (an absent prior is 0):
 //   lw[k]     = lpx[k, b] - 1/2 sum_d (plv - lv) - 1/2 sum_d (v^2 ip - u^2 iq)    (log 2 pi cancels)
 //   bound[b]  = (logsumexp_k (1 - alpha) lw[k] - log K) / (1 - alpha)   (alpha = 1: mean_k lw[k])
-//   weight[k] = exp((1 - alpha) lw[k] - L)  (alpha = 1: 1/K; a -inf bound: 0)   -- vaekernels/logsumexp.h
+//   weight[k] = exp(r[k] - L), r[k] = (1 - alpha) lw[k] as rounded for L   (alpha = 1: 1/K; a -inf
+//               bound: 0)   -- vaekernels/logsumexp.h
 // Backward, c_k = grad[b] weight[k]: grad_lpx = c_k, grad_z = c_k (u iq - v ip),
 //   grad_mu = -iq sum_k c_k u, grad_logvar = 1/2 (sum_k c_k - iq sum_k c_k u^2),
 //   grad_pm = ip sum_k c_k v, grad_plv = -1/2 (sum_k c_k - ip sum_k c_k v^2).
@@ -126,9 +127,14 @@ iwae_bound_fwd_kernel(const float* __restrict__ lpx, const T* __restrict__ z, co
         }
       }
       const float lw = lpx[row] - half_dlv - 0.5f * warp_sum(acc);
-      if (lane == 0) weights[row] = lw;  // log w for now; normalized below
+      // r = (1 - alpha) lw rounded once: __fmul_rn is never contracted into an fma, so the
+      // log-sum-exp and the weight exp(r - L) below see the same r.  (nvcc contracts by default:
+      // exp((1 - alpha) lw - L) as one fma uses the unrounded product, off from the r that L saw
+      // by up to half an ulp of r -- 512 at |r| = 1e10 -- and un-normalizes the weights.)
+      const float r = rb.elbo ? lw : __fmul_rn(one_minus, lw);
+      if (lane == 0) weights[row] = r;  // r (the ELBO: log w) for now; normalized below
       if (rb.elbo) s += lw;
-      else lse_merge(m, s, one_minus * lw, 1.0f, ExpF{});
+      else lse_merge(m, s, r, 1.0f, ExpF{});
     }
     if (lane == 0) warp_m[warp] = m, warp_s[warp] = s;
     __syncthreads();
@@ -147,7 +153,7 @@ iwae_bound_fwd_kernel(const float* __restrict__ lpx, const T* __restrict__ z, co
     const float y = result[0], lse = result[1];
     for (int64_t k = threadIdx.x; k < K; k += kThreads) {
       const int64_t row = k * B + b;
-      weights[row] = renyi_weight(rb, weights[row], y, lse, ExpF{});
+      weights[row] = renyi_weight(rb, weights[row], y, lse, ExpF{});  // exp(r - L) of the stored r
     }
     __syncthreads();  // staged / result are reused by the next example
   }

@@ -4,7 +4,7 @@ Per example b and sample k, with u = z - mu, v = z - pm, iq = e^-lv, ip = e^-plv
 is 0):
   lw[k]      = lpx[k, b] - 1/2 sum_d (plv - lv) - 1/2 sum_d (v^2 ip - u^2 iq)     (log 2 pi cancels)
   bound[b]   = (logsumexp_k (1 - alpha) lw[k] - log K) / (1 - alpha)      (ELBO, alpha = 1: mean_k lw)
-  weight[k]  = exp((1 - alpha) lw[k] - L)                                 (ELBO: 1/K; bound -inf: 0)
+  weight[k]  = exp(r[k] - L), r[k] = (1 - alpha) lw[k] as rounded for L   (ELBO: 1/K; bound -inf: 0)
 Backward, c_k = grad[b] * weight[k] (a sample with c_k = 0 contributes exact zeros):
   grad_lpx = c_k,  grad_z = c_k (u iq - v ip),  grad_mu = -iq sum_k c_k u,
   grad_logvar = 1/2 (sum_k c_k - iq sum_k c_k u^2),  grad_pm = ip sum_k c_k v,
@@ -35,8 +35,9 @@ def _iwae_bound_fwd_kernel(lpx_ptr, z_ptr, mu_ptr, lv_ptr, pm_ptr, plv_ptr, boun
                            HAS_PM: tl.constexpr, HAS_PLV: tl.constexpr, ELBO: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """Example b = program 0: walks k in tiles of [BLOCK_K, BLOCK_D] (d looped inside), writes each
-    tile's lw to w, merges the tile's logsumexp state into the running one (online over K), then
-    turns w into the normalized weights in a second pass over the K values (not over z)."""
+    tile's r = (1 - alpha) lw to w, merges the tile's logsumexp state of r into the running one
+    (online over K), then turns w into the normalized weights in a second pass over the K values
+    (not over z; the ELBO's weights are 1/K, nothing stored before)."""
     b = tl.program_id(0).to(tl.int64)
     # 1/2 sum_d (plv - lv): the constant part of lw
     hd = tl.zeros([BLOCK_D], tl.float32)
@@ -73,11 +74,17 @@ def _iwae_bound_fwd_kernel(lpx_ptr, z_ptr, mu_ptr, lv_ptr, pm_ptr, plv_ptr, boun
             else:
                 acc += v * v - u * u * iq[None, :]
         lw = tl.load(lpx_ptr + rows, mask=km, other=0.0) - half_dlv - 0.5 * tl.sum(acc, 1)
-        tl.store(w_ptr + rows, lw, mask=km)
         if ELBO:
             s += tl.sum(tl.where(km, lw, 0.0), 0)
         else:
-            bm, bs = lse_block(one_minus * lw, km, 0)
+            # r = (1 - alpha) lw as rounded here is what both the log-sum-exp and (stored, reloaded)
+            # the weights exp(r - L) below use: forming (1 - alpha) lw - L again lets the GPU
+            # compiler fuse it into one fma with the unrounded product (Triton enables fp fusion by
+            # default), off from L's r by up to half an ulp of r (512 at |r| = 1e10): un-normalized
+            # weights (K = 1: inf instead of 1).
+            r = one_minus * lw
+            tl.store(w_ptr + rows, r, mask=km)
+            bm, bs = lse_block(r, km, 0)
             m, s = lse_combine(m, s, bm, bs)
     if ELBO:
         bound = s * inv_k
@@ -91,11 +98,10 @@ def _iwae_bound_fwd_kernel(lpx_ptr, z_ptr, mu_ptr, lv_ptr, pm_ptr, plv_ptr, boun
         k = k0 + tl.arange(0, BLOCK_K)
         km = k < K
         rows = k.to(tl.int64) * B + b
-        lw = tl.load(w_ptr + rows, mask=km, other=0.0)
         if ELBO:
             w = tl.zeros([BLOCK_K], tl.float32) + inv_k
         else:
-            w = lse_weight(one_minus * lw, lse)
+            w = lse_weight(tl.load(w_ptr + rows, mask=km, other=0.0), lse)  # exp(r - L) of the stored r
         # a -inf bound (all lw = -inf; for alpha >= 1 any): weight 0, so its gradients are 0
         tl.store(w_ptr + rows, tl.where(bound == _NEG_INF, 0.0, w), mask=km)
 

@@ -82,11 +82,15 @@ VK_LSE_INLINE T renyi_value(const RenyiBound& rb, T lse_or_sum) {
   return rb.elbo ? lse_or_sum * T(rb.inv_k) : (lse_or_sum - T(rb.log_k)) / T(rb.one_minus);
 }
 
-// weight_k of log-weight lw given the example's bound and L (L unused for alpha == 1).  Selects,
-// not branches, so that a loop over weights vectorizes.
+// weight_k given r_k, the example's bound and L (r and L unused for alpha == 1).  r must be the
+// very value (1 - alpha) lw_k rounded once that went into L, kept in memory or a variable:
+// forming (1 - alpha) lw_k - L here let compilers contract it into one fma with the unrounded
+// product (gcc on the CPU, nvcc by default), off from L's r by up to half an ulp of r (512 at
+// |r| = 1e10), which un-normalized the weights (K = 1: e^512 = inf instead of 1).  Selects, not
+// branches, so that a loop over weights vectorizes.
 template <class T, class Exp>
-VK_LSE_INLINE T renyi_weight(const RenyiBound& rb, T lw, T bound, T lse, Exp exp_fn) {
-  const T w = rb.elbo ? T(rb.inv_k) : exp_fn(T(rb.one_minus) * lw - lse);
+VK_LSE_INLINE T renyi_weight(const RenyiBound& rb, T r, T bound, T lse, Exp exp_fn) {
+  const T w = rb.elbo ? T(rb.inv_k) : exp_fn(r - lse);
   return bound == -T(__builtin_huge_val()) ? T(0) : w;
 }
 
