@@ -78,9 +78,10 @@ def time_call(fn: Callable[[], object]) -> float:
 
 
 def rounds_for(seconds_per_call: float) -> int:
-    """Rounds for a stable median in about 0.5 s per case: at least 5 (the median of 5 ignores two
-    outliers on either side), at most 200."""
-    return int(min(200, max(5, 0.5 / max(seconds_per_call, 1e-6))))
+    """Rounds for a stable median in about 0.5 s per case: at least 9 (the median of 9 ignores four
+    outliers on either side: with 5, the large eager and compile baselines moved by up to 20% from
+    run to run on this shared 2-core machine), at most 200."""
+    return int(min(200, max(9, 0.5 / max(seconds_per_call, 1e-6))))
 
 
 def run(benchmark, fn: Callable, setup: Callable[[], tuple], *, floor_bytes: int, kept_bytes: int,
