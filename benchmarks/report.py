@@ -63,25 +63,30 @@ def plot(speedups, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=False)
     series = defaultdict(list)
     for (op, variant, size, mode, alloc), se, sc in speedups:
         if mode == "fwd+bwd":
             series[(op + (f" ({variant})" if variant else ""), alloc)].append((SIZE_ORDER.index(size), se, sc))
+    # One colour per op, one marker per allocator mode (steady: filled circles and lines; default:
+    # hollow squares), so that a dozen ops stay apart.
+    names = sorted({name for name, _ in series})
+    colours = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(names)}
     for (name, alloc), pts in sorted(series.items()):
         pts.sort()
         xs = [p[0] for p in pts]
+        style = dict(marker="o", ls="-") if alloc == "steady" else dict(marker="s", ls=":", mfc="none", ms=8)
         for ax, i in ((axes[0], 1), (axes[1], 2)):
             ys = [p[i] for p in pts]
             if all(y is not None for y in ys):
-                ax.plot(xs, ys, marker="o", label=f"{name} [{alloc}]")
+                ax.plot(xs, ys, color=colours[name], label=f"{name} [{alloc}]", **style)
     for ax, title in ((axes[0], "speed-up over eager"), (axes[1], "speed-up over torch.compile")):
         ax.set_xticks(range(len(SIZE_ORDER)), SIZE_ORDER)
         ax.set_yscale("log")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(f"{title} (fwd+bwd)")
         ax.set_xlabel("size")
-    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
