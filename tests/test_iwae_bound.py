@@ -413,6 +413,7 @@ def test_bad_inputs_raise_clear_errors():
         ((lpx, z, mu, lv, None, torch.zeros(4)), {}, ValueError, "prior_logvar has shape (4,)"),
         ((lpx, z, mu, lv), {"alpha": math.inf}, ValueError, "alpha must be a finite float"),
         ((lpx, z, mu, lv), {"alpha": "0"}, TypeError, "alpha must be a float"),
+        ((lpx, z, mu, lv), {"alpha": 1e39}, ValueError, "alpha must have |1 - alpha| <= 3.403e+38 (the torch.float32"),
         ((lpx, z, mu, lv), {"stl": 1}, TypeError, "stl must be a bool"),
         ((lpx, z, mu, lv), {"reduction": "mean"}, ValueError, "reduction must be one of 'per_example', 'sum', 'batchmean'"),
         ((lpx, z, mu, lv), {"backend": "cuda"}, vk.BackendUnavailableError, "backend 'cuda' is unavailable"),

@@ -241,6 +241,12 @@ def iwae_bound(
     if prior_logvar is not None:
         _checks.trailing_like(op, "prior_logvar", prior_logvar, "mu", mu, (1, 2))
     alpha = _checks.finite_float(op, "alpha", alpha)
+    # 1 - alpha is rounded to the compute dtype; past its range it is inf and the bound NaN (inf * 0,
+    # inf - inf), so such an alpha is refused here rather than answered with NaN.
+    cdt = backends.compute_dtype(z.dtype)
+    if not abs(1.0 - alpha) <= torch.finfo(cdt).max:
+        raise ValueError(f"{op}: alpha must have |1 - alpha| <= {torch.finfo(cdt).max:.4g} (the {cdt} range of the "
+                         f"computation), got alpha={alpha!r}")
     _checks.flag(op, "stl", stl)
     _checks.one_of(op, "reduction", reduction, IWAE_REDUCTIONS)
     _checks.flag(op, "return_weights", return_weights)
