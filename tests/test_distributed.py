@@ -58,6 +58,12 @@ def _worker(rank, port, out_dir, objective):
                         "ddp": [p.grad.clone() for p in model.parameters()]})
         opt.step()
     torch.save(records, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Teardown in order: DDP's reducer holds the process group, so it goes first, and the barrier
+    # keeps either rank from tearing gloo down while the other still uses it.  (Left to the end of
+    # the function, the DDP destructor ran after destroy_process_group and one rank in ~5 hung
+    # there, after its work, until the deadline.)
+    del ddp, opt
+    dist.barrier()
     dist.destroy_process_group()
 
 
