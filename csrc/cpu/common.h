@@ -210,14 +210,25 @@ VK_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
 // sample k) hides more of the memory latency than one (backward: 38 ms instead of 42, 1 thread).
 constexpr int64_t kPrefetchAhead = 2;
 
-// Copies `bytes` from src (a row just computed, in L1) to dst with non-temporal stores where dst
-// is aligned (plain stores for the head and the tail).  For an output written once and read only
-// much later (a gradient of z's size) this skips the read-for-ownership of every cache line: a
-// third of the memory traffic of a pass that reads z and writes dz.  Callers end their work with
-// stream_fence().
-VK_INLINE void stream_bytes(void* dst, const void* src, int64_t bytes) {
+// Whether an output of `bytes` in all is written with non-temporal stores (stream_bytes): only
+// one past the last-level cache (32 MiB here).  A smaller one stays in cache for its reader, and
+// streaming it out to DRAM made the pass depend on DRAM: gaussian_log_prob's backward at
+// (8, 1024, 64), 2 MB of grad_z, ran 620-650 us (median) with them, 250-310 us without.
+constexpr int64_t kStreamMinBytes = int64_t{32} << 20;
+VK_INLINE bool streams(int64_t bytes) { return bytes >= kStreamMinBytes; }
+
+// Copies `bytes` from src (a row just computed, in L1) to dst; with nt (streams() of the whole
+// output), by non-temporal stores where dst is aligned (plain stores for the head and the tail).
+// For an output written once and read only much later (a gradient of z's size) this skips the
+// read-for-ownership of every cache line: a third of the memory traffic of a pass that reads z
+// and writes dz.  Callers end their work with stream_fence().
+VK_INLINE void stream_bytes(void* dst, const void* src, int64_t bytes, bool nt) {
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
+  if (!nt) {
+    memcpy(d, s, bytes);
+    return;
+  }
 #if defined(__AVX512F__)
   constexpr int64_t kV = 64;
 #elif defined(__AVX__)

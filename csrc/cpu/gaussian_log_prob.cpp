@@ -101,6 +101,7 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
   // straight to the gradients when there is one chunk, else summed over chunks in order.
   const bool split = p.schunks > 1;
   Buffer<C> part_mu(split ? p.schunks * n * d : 0), part_lv(split ? p.schunks * n * d : 0);
+  const bool nt = streams(s * n * d * static_cast<int64_t>(sizeof(typename D::S)));
   parallel_ranges(p.nblocks * p.schunks, threads, [&](int64_t t0, int64_t t1) {
     Staged<D> st(d);
     Buffer<C> acc(2 * kBlockN * d);  // [0]: sum c u, [1]: sum c u^2, per example of the block
@@ -130,7 +131,7 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
             a1[i] += cu;
             a2[i] += cu * u;
           }
-          stream_bytes(grad_z + row * d, dz.data(), d * sizeof(dz[0]));
+          stream_bytes(grad_z + row * d, dz.data(), d * sizeof(dz[0]), nt);
         }
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t e = (n0 + j) * d;

@@ -180,6 +180,7 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
   const bool pm_shared = kPrior && g.pm && a.pm_stride == 0, plv_shared = kPrior && g.plv && a.plv_stride == 0;
   Buffer<C> pm_part(pm_shared ? tasks * d : 0), plv_part(plv_shared ? tasks * d : 0);
   const int threads = threads_for(K * B * max64(d, 1), num_threads);
+  const bool nt = streams(K * B * d * static_cast<int64_t>(sizeof(S)));
   parallel_ranges(tasks, threads, [&](int64_t t0, int64_t t1) {
     Staged<D, kPrior> st(d);
     // Sums over k per example and latent dim: A1 = sum c u, A2 = sum c u^2, P1 = sum c v, P2 = sum c v^2.
@@ -223,7 +224,7 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
               p2[i] += cv * v;
             }
           }
-          stream_bytes(g.z + row * d, dz.data(), d * sizeof(S));
+          stream_bytes(g.z + row * d, dz.data(), d * sizeof(S), nt);
         }
       }
       for (int64_t j = 0; j < nb; ++j) {
