@@ -105,7 +105,7 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
   parallel_ranges(p.nblocks * p.schunks, threads, [&](int64_t t0, int64_t t1) {
     Staged<D> st(d);
     Buffer<C> acc(2 * kBlockN * d);  // [0]: sum c u, [1]: sum c u^2, per example of the block
-    Buffer<typename D::S> dz(d);     // one row of grad_z, streamed out (stream_bytes)
+    Buffer<typename D::S> dz(nt ? d : 0);  // one row of grad_z, streamed out (stream_bytes)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nblk = t % p.nblocks, sc = t / p.nblocks;
       const int64_t n0 = nblk * kBlockN, nb = min64(kBlockN, n - n0);
@@ -124,14 +124,17 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
           const C* ivj = st.iv.data() + j * d;
           C* a1 = acc.data() + j * d;
           C* a2 = acc.data() + (kBlockN + j) * d;
+          // Into grad_z directly, or staged in L1 for the non-temporal stores.
+          typename D::S* out = nt ? dz.data() : grad_z + row * d;
+#pragma GCC ivdep  // out is grad_z (a fresh tensor) or a buffer: it aliases no input or sum
           for (int64_t i = 0; i < d; ++i) {
             const C u = D::load(zr[i]) - mj[i];
             const C cu = c * u;
-            dz[i] = D::store(-cu * ivj[i]);
+            out[i] = D::store(-cu * ivj[i]);
             a1[i] += cu;
             a2[i] += cu * u;
           }
-          stream_bytes(grad_z + row * d, dz.data(), d * sizeof(dz[0]), nt);
+          if (nt) stream_bytes(grad_z + row * d, dz.data(), d * sizeof(dz[0]), true);
         }
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t e = (n0 + j) * d;

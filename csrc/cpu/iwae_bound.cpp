@@ -185,7 +185,7 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
     Staged<D, kPrior> st(d);
     // Sums over k per example and latent dim: A1 = sum c u, A2 = sum c u^2, P1 = sum c v, P2 = sum c v^2.
     Buffer<C> acc((kPrior ? 4 : 2) * kBlockB * d);
-    Buffer<S> dz(d);  // one row of grad_z, streamed out (stream_bytes)
+    Buffer<S> dz(nt ? d : 0);  // one row of grad_z, streamed out (stream_bytes)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b0 = t * kBlockB, nb = min64(kBlockB, B - b0);
       st.load(a, b0, nb);
@@ -211,12 +211,15 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
           C* a2 = acc.data() + (1 * kBlockB + j) * d;
           C* p1 = kPrior ? acc.data() + (2 * kBlockB + j) * d : nullptr;
           C* p2 = kPrior ? acc.data() + (3 * kBlockB + j) * d : nullptr;
+          // Into grad_z directly, or staged in L1 for the non-temporal stores.
+          S* out = nt ? dz.data() : g.z + row * d;
+#pragma GCC ivdep  // out is grad_z (a fresh tensor) or a buffer: it aliases no input or sum
           for (int64_t i = 0; i < d; ++i) {
             const C x = D::load(zr[i]);
             const C u = x - mj[i];
             const C v = kPrior ? x - pmj[i] : x;
             const C cu = c * u, cv = c * v;
-            dz[i] = D::store(cu * iqj[i] - (kPrior ? cv * ipj[i] : cv));
+            out[i] = D::store(cu * iqj[i] - (kPrior ? cv * ipj[i] : cv));
             a1[i] += cu;
             a2[i] += cu * u;
             if (kPrior) {
@@ -224,7 +227,7 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
               p2[i] += cv * v;
             }
           }
-          stream_bytes(g.z + row * d, dz.data(), d * sizeof(S), nt);
+          if (nt) stream_bytes(g.z + row * d, dz.data(), d * sizeof(S), true);
         }
       }
       for (int64_t j = 0; j < nb; ++j) {
