@@ -121,12 +121,17 @@ VK_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 template <class C>
 constexpr int kSumLanes = 128 / sizeof(C);
 
-// The sum of the W lanes of v by the pairwise tree "v += v rotated by W/2 lanes, then by W/4,
-// ..., 1; take lane 0".  After the rotation by R the vector repeats with period R (IEEE addition
-// commutes), so only its low R lanes need computing: each step adds the high half of the vector
-// to its low half and halves the width.  Bitwise the same lane 0 as the full rotations, which for
-// a 32-float vector cost AVX-512 two cross-register permutes per step (per-row folds took 13% of
-// gaussian_kl's forward with them).
+// The W lanes of a (W a power of two) reduced by the pairwise tree "lane l op= lane l + W/2,
+// then lane l + W/4, ..., 1; take lane 0": each step combines the high half of the lanes with the
+// low half and halves the width.  (Bitwise the same lane 0 as full-width rotations, which for a
+// 32-float vector cost AVX-512 two cross-register permutes per step: per-row folds took 13% of
+// gaussian_kl's forward with them.)  The steps wider than one SIMD register run as fixed-size
+// loops over the array (whole-register ops), the rest on one register by shuffles: a GCC vector
+// wider than a register has its shuffles lowered element by element through memory (~60
+// instructions per fold of 32 floats, 10% of gaussian_kl's forward).
+template <class C>
+constexpr int kRegisterLanes = 4 * kLanes / static_cast<int>(sizeof(C));  // vecmath.h's kLanes floats
+
 template <class V, size_t... Lo>
 VK_INLINE auto half_lo(const V& v, std::index_sequence<Lo...>) {
   return __builtin_shufflevector(v, v, Lo...);
@@ -135,66 +140,71 @@ template <class V, size_t... Lo>
 VK_INLINE auto half_hi(const V& v, std::index_sequence<Lo...>) {
   return __builtin_shufflevector(v, v, (Lo + sizeof...(Lo))...);
 }
-template <class V, size_t... Lo>
-VK_INLINE auto fold_half(const V& v, std::index_sequence<Lo...> idx) {
-  return half_lo(v, idx) + half_hi(v, idx);
-}
 
-template <int W, class V>
-VK_INLINE auto fold_lanes(const V& v) {
+template <int W, class V, class Op>
+VK_INLINE auto fold_vector(const V& v, const Op& op) {
   if constexpr (W == 1) {
     return v[0];
   } else {
-    return fold_lanes<W / 2>(fold_half(v, std::make_index_sequence<W / 2>{}));
+    using Idx = std::make_index_sequence<W / 2>;
+    return fold_vector<W / 2>(op(half_lo(v, Idx{}), half_hi(v, Idx{})), op);
   }
+}
+
+template <int W, class C, class Op>
+VK_INLINE C fold_lanes(C* a, const Op& op) {
+  constexpr int R = W < kRegisterLanes<C> ? W : kRegisterLanes<C>;
+  for (int w = W / 2; w >= R; w /= 2)
+    for (int l = 0; l < w; ++l) a[l] = op(a[l], a[l + w]);
+  typedef C V __attribute__((vector_size(R * sizeof(C))));
+  V v;
+  memcpy(&v, a, sizeof v);
+  return fold_vector<R>(v, op);
 }
 
 template <class C, class F>
 VK_INLINE C row_sum(int64_t n, const F& f) {
   constexpr int W = kSumLanes<C>;
-  typedef C V __attribute__((vector_size(W * sizeof(C))));
   C acc[W] = {};
   int64_t i = 0;
   for (; i + W <= n; i += W)
     for (int l = 0; l < W; ++l) acc[l] += f(i + l);
-  for (int l = 0; i + l < n; ++l) acc[l] += f(i + l);
-  V v;
-  memcpy(&v, acc, sizeof v);
-  return fold_lanes<W>(v);
+  if (i < n) {
+    // The tail goes through its own buffer, padded with -0 (the identity of IEEE addition, also
+    // for -0 lanes), and joins acc in one vector add: a scalar loop over acc itself kept acc in
+    // memory, lane by lane, whether or not there was a tail.
+    C t[W];
+    for (int l = 0; l < W; ++l) t[l] = -C(0);
+    for (int l = 0; i + l < n; ++l) t[l] = f(i + l);
+    for (int l = 0; l < W; ++l) acc[l] += t[l];
+  }
+  return fold_lanes<W>(acc, [](const auto& x, const auto& y) { return x + y; });
 }
 
-// The largest f(i), NaN if any is NaN, -inf for n = 0: kSumLanes lane maxima folded by halving
-// as in row_sum (exact: no order changes a max).  The NaN test is a select, so the lane loop
-// vectorizes (fmax would drop the NaN), and the fold runs on whole vectors: a scalar fold of the
-// 32 lanes cost more than the max itself (log_mean_exp over 2^20 rows of 64, 2 threads: 50 ms -> 32 ms).
 template <class V>  // a scalar or a vector; | not ||: no branch
 VK_INLINE V nan_max_v(const V& a, const V& b) {
   return ((b > a) | (b != b)) ? b : a;
 }
 
-template <int W, class V>
-VK_INLINE auto fold_max(const V& v) {
-  if constexpr (W == 1) {
-    return v[0];
-  } else {
-    using Idx = std::make_index_sequence<W / 2>;
-    return fold_max<W / 2>(nan_max_v(half_lo(v, Idx{}), half_hi(v, Idx{})));
-  }
-}
-
+// The largest f(i), NaN if any is NaN, -inf for n = 0: kSumLanes lane maxima folded like row_sum's
+// (exact: no order changes a max).  The NaN test is a select, so the lane loop vectorizes (fmax
+// would drop the NaN); the fold runs on whole registers (a scalar fold of the 32 lanes cost more
+// than the max itself: log_mean_exp over 2^20 rows of 64, 2 threads, 50 ms -> 32 ms).
 template <class C, class F>
 VK_INLINE C row_max(int64_t n, const F& f) {
   constexpr int W = kSumLanes<C>;
-  typedef C V __attribute__((vector_size(W * sizeof(C))));
   C acc[W];
   for (int l = 0; l < W; ++l) acc[l] = -C(__builtin_huge_val());
   int64_t i = 0;
   for (; i + W <= n; i += W)
     for (int l = 0; l < W; ++l) acc[l] = nan_max_v(acc[l], f(i + l));
-  for (int l = 0; i + l < n; ++l) acc[l] = nan_max_v(acc[l], f(i + l));
-  V v;
-  memcpy(&v, acc, sizeof v);
-  return fold_max<W>(v);
+  if (i < n) {  // as in row_sum; -inf is the identity of nan_max
+    C t[W];
+    for (int l = 0; l < W; ++l) t[l] = -C(__builtin_huge_val());
+    for (int l = 0; i + l < n; ++l) t[l] = f(i + l);
+    for (int l = 0; l < W; ++l) acc[l] = nan_max_v(acc[l], t[l]);
+  }
+  return fold_lanes<W>(acc, [](const auto& x, const auto& y) { return nan_max_v(x, y); });
 }
 
 // Prefetches `bytes` from p into L2.  The kernels walk a block of rows per sample k, then jump
