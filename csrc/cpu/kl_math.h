@@ -81,7 +81,7 @@ VK_INLINE ExpParts exp_parts(float x) {
   s = madd(s, e.r, 0x1.5554dep-3f);
   s = madd(s, e.r, 0.5f);
   e.phir = (e.r * e.r) * s;
-  e.two_k = bit_cast<float>(kb << 23);
+  e.two_k = bit_cast<float>(static_cast<uint32_t>(kb) << 23);  // unsigned: the high bits shift out
   return e;
 }
 
