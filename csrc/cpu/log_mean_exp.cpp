@@ -40,8 +40,10 @@ VK_INLINE bool finite_top(C top) {
 // The states (m[l], s[l]) of sum_j exp(at(l, j)) for lanes l < nl, j < n, in chunks of kJChunk
 // steps: per chunk two passes over L1-resident data, the lane maxima and then sum exp(x - max)
 // (one exp per element; an online merge per element costs two), the chunk states merged in order.
+// fresh: m, s hold the empty states (-inf, 0); then the first chunk's states are taken as they
+// are -- exactly what merging them into the empty ones gives, without that merge's two exps a lane.
 template <class C, class At>
-VK_INLINE void lane_states(int64_t nl, int64_t n, const At& at, C* m, C* s) {
+VK_INLINE void lane_states(int64_t nl, int64_t n, const At& at, C* m, C* s, bool fresh) {
   for (int64_t j0 = 0; j0 < n; j0 += kJChunk) {
     const int64_t j1 = min64(n, j0 + kJChunk);
     C mx[kLane], sum[kLane] = {};
@@ -50,7 +52,11 @@ VK_INLINE void lane_states(int64_t nl, int64_t n, const At& at, C* m, C* s) {
       for (int64_t l = 0; l < nl; ++l) mx[l] = nan_max(mx[l], at(l, j));
     for (int64_t j = j0; j < j1; ++j)
       for (int64_t l = 0; l < nl; ++l) sum[l] += finite_top(mx[l]) ? exp_c(at(l, j) - mx[l]) : C(0);
-    for (int64_t l = 0; l < nl; ++l) lse_merge(m[l], s[l], mx[l], finite_top(mx[l]) ? sum[l] : C(1), ExpC{});
+    if (fresh && j0 == 0) {
+      for (int64_t l = 0; l < nl; ++l) m[l] = mx[l], s[l] = finite_top(mx[l]) ? sum[l] : C(1);
+    } else {
+      for (int64_t l = 0; l < nl; ++l) lse_merge(m[l], s[l], mx[l], finite_top(mx[l]) ? sum[l] : C(1), ExpC{});
+    }
   }
 }
 
@@ -117,7 +123,7 @@ void fwd(const typename D::S* x, typename D::C* out, int64_t outer, int64_t n, i
             const S* row = x + (o0 + l) * n + j0;
             for (int64_t j = 0; j < len; ++j) buf[j * kLane + l] = D::load(row[j]);
           }
-          lane_states(kLane, len, [&](int64_t l, int64_t j) { return buf[j * kLane + l]; }, m, s);
+          lane_states(kLane, len, [&](int64_t l, int64_t j) { return buf[j * kLane + l]; }, m, s, j0 == 0);
         }
         lane_values(m, s, nl, log_n, out + o0);
       } else {  // lane l walks column i0 + l of slab o
@@ -137,9 +143,9 @@ void fwd(const typename D::S* x, typename D::C* out, int64_t outer, int64_t n, i
         // the stack, a store-to-load chain per step j: 2^20 columns of 64, 33 ms -> 27 ms; 65536
         // columns of 8, 1 thread: 0.62 -> 0.52 ms).
         if (nl == kLane)
-          lane_states(kLane, n, at, m, s);
+          lane_states(kLane, n, at, m, s, true);
         else
-          lane_states(nl, n, at, m, s);
+          lane_states(nl, n, at, m, s, true);
         for (int64_t l = 0; l < nl; ++l) out[o * inner + i0 + l] = lse_value(m[l], s[l], LogC{}) - log_n;
       }
     }
