@@ -84,6 +84,32 @@ def test_all_minus_inf_is_minus_inf_with_zero_gradient(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", ALL_CASES)
+@pytest.mark.parametrize("n,dim", [(40, 1), (3000, 1), (40, 0)], ids=str)
+def test_special_values_in_long_rows_and_column_blocks(device, backend, n, dim):
+    """The -inf / +inf / NaN rules where the CPU kernels fold lanes (rows of at least 32, one
+    chunk or several) and where they walk blocks of 32 columns (dim 0; the last block partial):
+    the special value anywhere in the row, NaN beside +inf still NaN."""
+    require(backend, device)
+    rows = 70 if dim == 0 else 8  # dim 0: three blocks of 32 columns, the last partial
+    x = randn((rows, n), 11).float()
+    x[0] = -INF                                   # all -inf
+    x[1, n // 2] = INF                            # one +inf
+    x[2, n - 1] = math.nan                        # one NaN, at the end (a tail lane)
+    x[3, 0], x[3, n - 1] = math.nan, INF          # NaN and +inf: NaN
+    x[4, n // 3] = INF
+    x[4, n - 2] = math.nan                        # +inf first, then NaN: NaN
+    x[5, : n // 2] = -INF                         # half -inf: finite
+    x[rows - 1, 5] = INF                          # the last row (dim 0: in the partial block)
+    xin = (x if dim == 1 else x.t().contiguous()).to(device)
+    out = vk.log_mean_exp(xin, dim, backend=backend).cpu()
+    assert out[0].item() == -INF and out[1].item() == INF and out[rows - 1].item() == INF
+    assert math.isnan(out[2].item()) and math.isnan(out[3].item()) and math.isnan(out[4].item())
+    finite = list(range(5, rows - 1))
+    ref = oracle(x.double(), 1)[finite]
+    assert_within(out[finite], ref, ULP8 * (x[finite].double().abs().amax(1) + math.log(n) + 1), "finite rows")
+
+
+@pytest.mark.parametrize("device,backend", ALL_CASES)
 def test_keepdim_negative_dim_and_non_contiguous(device, backend):
     require(backend, device)
     x = randn((4, 6, 5), 9).float().to(device)
