@@ -50,7 +50,8 @@ def check(x, dim, backend, g_seed=1):
 
 @pytest.mark.parametrize("device,backend", ALL_CASES)
 @pytest.mark.parametrize("shape,dim", [((7,), 0), ((5, 33), 1), ((5, 33), 0), ((3, 70, 4), 1), ((2, 3, 5), -1),
-                                       ((300,), 0)], ids=str)
+                                       ((300,), 0), ((37, 64), 1), ((70, 40), 1), ((21, 256), 1), ((19, 257), 1)],
+                         ids=str)
 def test_matches_float64_oracle(device, backend, shape, dim):
     require(backend, device)
     for dtype in dtypes_for(backend, device):
@@ -84,27 +85,36 @@ def test_all_minus_inf_is_minus_inf_with_zero_gradient(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", ALL_CASES)
-@pytest.mark.parametrize("n,dim", [(40, 1), (3000, 1), (40, 0)], ids=str)
+@pytest.mark.parametrize("n,dim", [(40, 1), (64, 1), (256, 1), (3000, 1), (40, 0)], ids=str)
 def test_special_values_in_long_rows_and_column_blocks(device, backend, n, dim):
     """The -inf / +inf / NaN rules where the CPU kernels fold lanes (rows of at least 32, one
-    chunk or several) and where they walk blocks of 32 columns (dim 0; the last block partial):
-    the special value anywhere in the row, NaN beside +inf still NaN."""
+    chunk or several; up to 256 whole blocks of 4 / 8 / 16 rows reduced together, the rows left
+    one by one) and where they walk blocks of 32 columns (dim 0; the last block partial): the
+    special value anywhere in the row, NaN beside +inf still NaN."""
     require(backend, device)
-    rows = 70 if dim == 0 else 8  # dim 0: three blocks of 32 columns, the last partial
+    # dim 0: three blocks of 32 columns, the last partial; rows up to 256: two tiles of 32 rows
+    # (blocks of rows) and 6 rows left; longer rows (chunks, one by one): 8 rows.
+    rows = 70 if dim == 0 or n <= 256 else 8
+    bases = (0, 37) if rows == 70 else (0,)  # in the first row block, and in the middle of a later one
     x = randn((rows, n), 11).float()
-    x[0] = -INF                                   # all -inf
-    x[1, n // 2] = INF                            # one +inf
-    x[2, n - 1] = math.nan                        # one NaN, at the end (a tail lane)
-    x[3, 0], x[3, n - 1] = math.nan, INF          # NaN and +inf: NaN
-    x[4, n // 3] = INF
-    x[4, n - 2] = math.nan                        # +inf first, then NaN: NaN
-    x[5, : n // 2] = -INF                         # half -inf: finite
-    x[rows - 1, 5] = INF                          # the last row (dim 0: in the partial block)
+    special = []
+    for r in bases:
+        x[r] = -INF                                   # all -inf
+        x[r + 1, n // 2] = INF                        # one +inf
+        x[r + 2, n - 1] = math.nan                    # one NaN, at the end (a tail lane)
+        x[r + 3, 0], x[r + 3, n - 1] = math.nan, INF  # NaN and +inf: NaN
+        x[r + 4, n // 3] = INF
+        x[r + 4, n - 2] = math.nan                    # +inf first, then NaN: NaN
+        x[r + 5, : n // 2] = -INF                     # half -inf: finite
+        special += [r, r + 1, r + 2, r + 3, r + 4]
+    x[rows - 1, 5] = INF                              # the last row (dim 0: in the partial block)
     xin = (x if dim == 1 else x.t().contiguous()).to(device)
     out = vk.log_mean_exp(xin, dim, backend=backend).cpu()
-    assert out[0].item() == -INF and out[1].item() == INF and out[rows - 1].item() == INF
-    assert math.isnan(out[2].item()) and math.isnan(out[3].item()) and math.isnan(out[4].item())
-    finite = list(range(5, rows - 1))
+    for r in bases:
+        assert out[r].item() == -INF and out[r + 1].item() == INF
+        assert math.isnan(out[r + 2].item()) and math.isnan(out[r + 3].item()) and math.isnan(out[r + 4].item())
+    assert out[rows - 1].item() == INF
+    finite = [r for r in range(rows - 1) if r not in special]
     ref = oracle(x.double(), 1)[finite]
     assert_within(out[finite], ref, ULP8 * (x[finite].double().abs().amax(1) + math.log(n) + 1), "finite rows")
 

@@ -11,7 +11,7 @@
 // measured against float64 on 4.3M arguments spread over the whole range:
 //   neg2log    -2 ln u for normal u > 0: max 1.07 ulp;
 //   sincos2pi  sin and cos of 2 pi u, u reduced in turns exactly: max 0.99 ulp;
-//   exp_f32    exp(x): max 0.96 ulp for normal results;
+//   exp_f32, vexp  exp(x): max 0.96 ulp for normal results;
 //   half / bf16 conversions: exact, and round to nearest even (checked exhaustively).
 #pragma once
 
@@ -55,15 +55,6 @@ VK_INLINE To bit_cast(From x) {
 }
 
 VK_INLINE vf splat(float x) { return (vf){} + x; }
-
-// Scalar a*b + c, fused where the ISA has FMA (a libm fmaf call would block vectorization).
-VK_INLINE float madd(float a, float b, float c) {
-#if defined(__FMA__)
-  return __builtin_fmaf(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
 
 // ------------------------------------------------------------------ ISA layer
 VK_INLINE vf vsqrt(vf x) {  // correctly rounded
@@ -218,22 +209,38 @@ VK_INLINE void sincos2pi(vf u, vf* sin_out, vf* cos_out) {
 // Out of range the arithmetic yields garbage that the two final selects replace:
 // exp(x > 88.7228) = inf, exp(x < -103.972) = 0; NaN fails both compares and stays NaN.
 // (Clamping x first instead makes gcc split the vector loop by ranges: 1.5x slower.)
-VK_INLINE float exp_f32(float x) {
-  const float t = x * 0x1.715476p+0f + 0x1.8p23f;
-  const float kf = t - 0x1.8p23f;
-  const uint32_t k = bit_cast<uint32_t>(t) - 0x4b400000u;  // two's complement k
-  float r = madd(kf, -0x1.63p-1f, x);
-  r = madd(kf, 0x1.bd0106p-13f, r);
-  float p = madd(r, 0x1.6a243ap-10f, 0x1.1239e0p-7f);
-  p = madd(p, r, 0x1.5558f2p-5f);
-  p = madd(p, r, 0x1.555492p-3f);
-  p = madd(p, r, 0x1.fffffcp-2f);
-  p = madd(p * r, r, r) + 1.0f;
-  const uint32_t k1 = static_cast<uint32_t>(static_cast<int32_t>(k) >> 1), k2 = k - k1;
-  float y = p * bit_cast<float>((k1 + 127u) << 23) * bit_cast<float>((k2 + 127u) << 23);
-  y = x > 0x1.62e42ep+6f ? __builtin_inff() : y;
-  return x < -0x1.9fe368p+6f ? 0.0f : y;
+// One template for a float (F, U, I = float, uint32_t, int32_t: exp_f32, written so that gcc
+// vectorizes loops of it) and a vector (vf, vu, vi: vexp, for kernels that hold vectors): the
+// same operations, so vexp is exp_f32 lane by lane, bitwise.
+VK_INLINE float madd(float a, float b, float c) {  // a*b + c, fused where the ISA has FMA
+#if defined(__FMA__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
 }
+VK_INLINE vf madd(vf a, vf b, vf c) { return vfma(a, b, c); }
+
+template <class F, class U, class I>
+VK_INLINE F exp_t(F x) {
+  const F zero{};  // scalar constants below are splat onto vectors as zero + c (exact)
+  const F t = x * 0x1.715476p+0f + 0x1.8p23f;
+  const F kf = t - 0x1.8p23f;
+  const U k = bit_cast<U>(t) - 0x4b400000u;  // two's complement k
+  F r = madd(kf, zero - 0x1.63p-1f, x);
+  r = madd(kf, zero + 0x1.bd0106p-13f, r);
+  F p = madd(r, zero + 0x1.6a243ap-10f, zero + 0x1.1239e0p-7f);
+  p = madd(p, r, zero + 0x1.5558f2p-5f);
+  p = madd(p, r, zero + 0x1.555492p-3f);
+  p = madd(p, r, zero + 0x1.fffffcp-2f);
+  p = madd(p * r, r, r) + 1.0f;
+  const U k1 = (U)((I)k >> 1), k2 = k - k1;
+  F y = p * bit_cast<F>((k1 + 127u) << 23) * bit_cast<F>((k2 + 127u) << 23);
+  y = x > 0x1.62e42ep+6f ? zero + __builtin_inff() : y;
+  return x < -0x1.9fe368p+6f ? zero : y;
+}
+VK_INLINE float exp_f32(float x) { return exp_t<float, uint32_t, int32_t>(x); }
+VK_INLINE vf vexp(vf x) { return exp_t<vf, vu, vi>(x); }
 
 // ------------------------------------------------------------------ storage conversions
 // Templates over one value (U = uint32_t, F = float) or one vector (U = vu, F = vf): the 16-bit
