@@ -23,7 +23,11 @@ namespace VK_CPU_ISA {
 namespace {
 
 constexpr int64_t kBlockN = 32;     // examples per task
-constexpr int64_t kMinTasks = 64;   // split the samples until there are this many tasks (if S allows)
+// Split the samples until there are this many tasks (if S allows).  A split costs the partial
+// sums' buffers (and their page faults under the default allocator) and a pass to add them: at
+// (8, 1024, 64), 32 blocks of examples, 64 split the samples in two and the backward ran 350 us
+// (steady allocator) / 580-950 us (default) instead of 160-180 us unsplit (2 threads).
+constexpr int64_t kMinTasks = 32;
 constexpr double kLog2Pi = 1.83787706640934548356;
 
 struct Split {
@@ -141,15 +145,17 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
         const C* ivj = st.iv.data() + j * d;
         const C* a1 = acc.data() + j * d;
         const C* a2 = acc.data() + (kBlockN + j) * d;
-        for (int64_t i = 0; i < d; ++i) {
-          const C gm = ivj[i] * a1[i], gl = C(-0.5) * (csum[j] - ivj[i] * a2[i]);
-          if (split) {
-            part_mu[sc * n * d + e + i] = gm;
-            part_lv[sc * n * d + e + i] = gl;
-          } else {
-            grad_mu[e + i] = D::store(gm);
-            grad_logvar[e + i] = D::store(gl);
-          }
+        // Two loops, not a branch per element: each vectorizes (the outputs alias no input).
+        const C cs = csum[j];
+        if (split) {
+          C* pm = part_mu.data() + sc * n * d + e;
+          C* pl = part_lv.data() + sc * n * d + e;
+#pragma GCC ivdep
+          for (int64_t i = 0; i < d; ++i) pm[i] = ivj[i] * a1[i], pl[i] = C(-0.5) * (cs - ivj[i] * a2[i]);
+        } else {
+#pragma GCC ivdep
+          for (int64_t i = 0; i < d; ++i)
+            grad_mu[e + i] = D::store(ivj[i] * a1[i]), grad_logvar[e + i] = D::store(C(-0.5) * (cs - ivj[i] * a2[i]));
         }
       }
     }
