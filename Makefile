@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.deps-installed
 # e.g. VENV_FLAGS=--system-site-packages TORCH=torch on a machine whose torch is already there.
 VENV_FLAGS ?=
 
-.PHONY: setup build test sanitize demo bench wheel wheel-test wheel-smoke info clean
+.PHONY: setup build test sanitize demo bench targets wheel wheel-test wheel-smoke info clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -31,6 +31,7 @@ build: $(STAMP)
 test: build
 	$(BIN)/python -m pytest -q
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest benchmarks -q -k small --benchmark-disable -p no:cacheprovider
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/targets.py --quick > /dev/null
 
 # The whole suite against an AddressSanitizer + UBSan build of the CPU module (VAEKERNELS_SANITIZE=1),
 # built in $(SAN_DIR)/, never over the in-place build: the package, the tests and the examples are
@@ -69,6 +70,12 @@ demo: build
 # Both allocator modes, tables and plot into benchmarks/results/ (under 10 minutes on 2 cores).
 bench: build
 	PYTHON=$(BIN)/python benchmarks/run_cpu.sh
+
+# Issue 9's CPU targets, each ratio measured round by round with the providers interleaved, in
+# steady state (about 1 minute): benchmarks/results/cpu-<date>-targets.md.
+targets: build
+	MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456 \
+	  PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/targets.py --md benchmarks/results/cpu-$$(date +%F)-targets.md
 
 info: build
 	$(BIN)/python -m vaekernels.info
