@@ -50,7 +50,8 @@ def check(x, dim, backend, g_seed=1):
 
 @pytest.mark.parametrize("device,backend", ALL_CASES)
 @pytest.mark.parametrize("shape,dim", [((7,), 0), ((5, 33), 1), ((5, 33), 0), ((3, 70, 4), 1), ((2, 3, 5), -1),
-                                       ((300,), 0), ((37, 64), 1), ((70, 40), 1), ((21, 256), 1), ((19, 257), 1)],
+                                       ((300,), 0), ((37, 64), 1), ((70, 40), 1), ((21, 256), 1), ((19, 257), 1),
+                                       ((300, 8), 1), ((70, 31), 1), ((2100, 1), 1)],
                          ids=str)
 def test_matches_float64_oracle(device, backend, shape, dim):
     require(backend, device)

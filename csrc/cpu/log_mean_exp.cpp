@@ -242,11 +242,20 @@ void bwd(const typename D::C* grad, const typename D::S* x, const typename D::C*
     // along each short row alone stays scalar: 30 us for 4096 rows of 1).
     const int64_t rows = kRowChunk / n;
     parallel_ranges(ceil_div(outer, rows), threads_for(outer * n, num_threads), [&](int64_t t0, int64_t t1) {
-      alignas(64) C gb[kRowChunk], lb[kRowChunk];
+      // A row's grad and lse go out kFill copies at a time (whole vector stores; element by element
+      // the spreading cost a quarter of the backward: 65536 rows of 8, 2 threads, 0.22 -> 0.16 ms).  A store
+      // may run past its row into the next one's, which that row then overwrites; kFill spare.
+      constexpr int64_t kFill = 16;
+      alignas(64) C gb[kRowChunk + kFill], lb[kRowChunk + kFill];
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t o0 = t * rows, o1 = min64(outer, o0 + rows), e0 = o0 * n, count = (o1 - o0) * n;
-        for (int64_t o = o0; o < o1; ++o)
-          for (int64_t j = 0; j < n; ++j) gb[(o - o0) * n + j] = grad[o], lb[(o - o0) * n + j] = out[o] + log_n;
+        for (int64_t o = o0; o < o1; ++o) {
+          const C gv = grad[o], lv = out[o] + log_n;
+          C* gp = gb + (o - o0) * n;
+          C* lp = lb + (o - o0) * n;
+          for (int64_t j = 0; j < n; j += kFill)
+            for (int64_t l = 0; l < kFill; ++l) gp[j + l] = gv, lp[j + l] = lv;
+        }
         for (int64_t e = 0; e < count; ++e)
           grad_x[e0 + e] = D::store(gb[e] * lse_weight(D::load(x[e0 + e]), lb[e], ExpC{}));
       }
