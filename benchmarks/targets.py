@@ -115,8 +115,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--md", help="write the markdown table here too")
     ap.add_argument("--quick", action="store_true", help="the small cases, 2 rounds: a smoke test (make test)")
+    ap.add_argument("--only", metavar="OP", help="only the cases of this op, e.g. reparameterize")
     args = ap.parse_args()
     cases = [c for c in CASES if c[2] == SMALL] if args.quick else CASES
+    if args.only:
+        cases = [c for c in cases if c[0] == args.only]
+        if not cases:
+            ap.error(f"--only: no case of op {args.only!r}; the ops: {sorted({c[0] for c in CASES})}")
     if args.quick:
         args.rounds = 2
     steady = os.environ.get("MALLOC_MMAP_THRESHOLD_") == "1073741824"
