@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .. import backends
 from ._common import contig as _contig
-from ._common import dispatcher, eager_twin
+from ._common import plain_eager
 from ._common import ptr as _ptr
 from ..backends import compute_dtype
 
@@ -94,28 +94,30 @@ def _prior_rows(mu: Tensor, pm: Optional[Tensor], plv: Optional[Tensor]) -> int:
 
 
 def _forward(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor],
-             reduction: str, free_bits: float, backend: str) -> Tuple[Tensor, Tensor]:
+             reduction: str, free_bits: float, backend: str) -> Tuple[Tensor, Optional[Tensor]]:
+    """(KL reduced, the D column means with free bits else None)."""
     cdt = compute_dtype(mu.dtype)
     d = mu.shape[-1]
     n = math.prod(mu.shape[:-1])
-    out = torch.empty(_out_shape(mu, reduction), dtype=cdt, device=mu.device)
-    col = torch.empty((d,) if free_bits > 0 else (0,), dtype=cdt, device=mu.device)
+    out = mu.new_empty(_out_shape(mu, reduction), dtype=cdt)
+    col = mu.new_empty((d,), dtype=cdt) if free_bits > 0 else None
     if n == 0 or d == 0:  # empty sums: 0; batchmean and the column means of no examples: 0 / 0
         out.fill_(math.nan if reduction == "batchmean" and n == 0 else 0.0)
-        col.fill_(math.nan)
+        if col is not None:
+            col.fill_(math.nan)
         return out, col
     pm, plv = _contig(prior_mu), _contig(prior_logvar)
-    _fwd(mu.contiguous(), logvar.contiguous(), pm, plv, out, col if free_bits > 0 else None, n, d,
-         _prior_rows(mu, pm, plv), reduction, free_bits, backend)
+    _fwd(mu.contiguous(), logvar.contiguous(), pm, plv, out, col, n, d, _prior_rows(mu, pm, plv), reduction,
+         free_bits, backend)
     return out, col
 
 
 def _grad_like(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    return None if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
 def _backward_kernels(grad: Tensor, mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
-                      prior_logvar: Optional[Tensor], col: Tensor, reduction: str, free_bits: float,
+                      prior_logvar: Optional[Tensor], col: Optional[Tensor], reduction: str, free_bits: float,
                       backend: str) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
     """(grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar); None for an absent prior."""
     gmu, glv, gpm, gplv = _grad_like(mu), _grad_like(mu), _grad_like(prior_mu), _grad_like(prior_logvar)
@@ -137,7 +139,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor], prior_lo
                 reduction: str, free_bits: float, backend: str) -> Tuple[Tensor, Tensor]:
     """mu, logvar: [..., D]; prior_mu, prior_logvar: None or one shape ([D], mu's last two dims, or
     mu's shape) -> (KL reduced: [..., D] / [...] / [], column means: [D] with free bits else [0])."""
-    return _forward(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)
+    out, col = _forward(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)
+    return out, out.new_empty((0,)) if col is None else col
 
 
 @gaussian_kl.register_fake
@@ -169,15 +172,18 @@ def _(grad, mu, logvar, prior_mu, prior_logvar, col, reduction, free_bits, backe
     return gmu, torch.empty_like(gmu), like(prior_mu), like(prior_logvar)
 
 
+def _save(ctx, mu, logvar, prior_mu, prior_logvar, col, reduction, free_bits, backend) -> None:
+    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, col)
+    ctx.args = (reduction, free_bits, backend)
+
+
 def _setup_context(ctx, inputs, output):
-    mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend = inputs
     col = output[1]
     ctx.mark_non_differentiable(col)
     # Its gradient is never read: no zeros of its size made per backward (materialized, they cost
     # a fill of the output's size and ~5 us a call).
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, col)
-    ctx.args = (reduction, free_bits, backend)
+    _save(ctx, *inputs[:4], col, *inputs[4:])
 
 
 def _backward_with(kernels, ctx, grad, _grad_col=None):
@@ -199,11 +205,26 @@ def _backward(ctx, grad, _grad_col):
 gaussian_kl.register_autograd(_backward, setup_context=_setup_context)
 
 
-_Eager = eager_twin("_EagerGaussianKL", _forward, _setup_context, _backward_with, _backward_kernels)
-_run = dispatcher(gaussian_kl, _Eager)
+class _EagerGaussianKL(torch.autograd.Function):
+    """The eager twin of vaekernels::gaussian_kl (as _common.eager_twin makes them: the same
+    _forward, saved tensors and backward kernels, so the same bits), with one output: the column
+    means of free bits stay on ctx instead of being a second, non-differentiable output, whose
+    bookkeeping costs autograd ~5 us a call (a tenth of a small VAE's KL, forward + backward)."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend):
+        out, col = _forward(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)
+        _save(ctx, mu, logvar, prior_mu, prior_logvar, col, reduction, free_bits, backend)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward_with(_backward_kernels, ctx, grad)
 
 
 def run(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], reduction: str,
         free_bits: float, backend: str) -> Tensor:
     """The KL through vaekernels::gaussian_kl or, in plain eager execution, its eager twin."""
-    return _run(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]
+    if plain_eager(mu, logvar, prior_mu, prior_logvar):
+        return _EagerGaussianKL.apply(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)
+    return gaussian_kl(mu, logvar, prior_mu, prior_logvar, reduction, free_bits, backend)[0]

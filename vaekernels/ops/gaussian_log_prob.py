@@ -70,7 +70,7 @@ def _bwd(grad, z, mu, logvar, g_z, g_mu, g_lv, backend) -> None:
 
 
 def _forward(z: Tensor, mu: Tensor, logvar: Tensor, backend: str) -> Tensor:
-    out = torch.empty(z.shape[:-1], dtype=compute_dtype(z.dtype), device=z.device)
+    out = z.new_empty(z.shape[:-1], dtype=compute_dtype(z.dtype))
     if out.numel():
         _fwd(z.contiguous(), mu.contiguous(), logvar.contiguous(), out, backend)
     return out
@@ -88,8 +88,8 @@ def _(z, mu, logvar, backend):
 
 
 def _backward_kernels(grad: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    g_z = torch.empty(z.shape, dtype=z.dtype, device=z.device)
-    g_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    g_z = torch.empty_like(z, memory_format=torch.contiguous_format)
+    g_mu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     g_lv = torch.empty_like(g_mu)
     if z.numel() == 0:  # no samples (or D = 0): the sums over samples are 0
         g_mu.zero_()

@@ -87,8 +87,8 @@ def _forward(log_px_z: Tensor, z: Tensor, mu: Tensor, logvar: Tensor, prior_mu: 
              prior_logvar: Optional[Tensor], alpha: float, stl: bool, backend: str) -> Tuple[Tensor, Tensor]:
     k, b, _ = z.shape
     cdt = compute_dtype(z.dtype)
-    bound = torch.empty((b,), dtype=cdt, device=z.device)
-    weights = torch.empty((k, b), dtype=cdt, device=z.device)
+    bound = z.new_empty((b,), dtype=cdt)
+    weights = z.new_empty((k, b), dtype=cdt)
     if bound.numel():
         _fwd(log_px_z.contiguous(), z.contiguous(), mu.contiguous(), logvar.contiguous(), _contig(prior_mu),
              _contig(prior_logvar), bound, weights, alpha, backend)
@@ -111,14 +111,14 @@ def _(log_px_z, z, mu, logvar, prior_mu, prior_logvar, alpha, stl, backend):
 
 def _grad_buffer(t: Optional[Tensor], wanted: bool, ref: Tensor) -> Tensor:
     # A custom op cannot return None: a gradient not computed is an empty tensor (mapped back to None).
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device) if wanted and t is not None else ref.new_empty((0,))
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if wanted and t is not None else ref.new_empty((0,))
 
 
 def _backward_kernels(grad: Tensor, weights: Tensor, z: Tensor, mu: Tensor, logvar: Tensor,
                       prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor], q_grad: bool, prior_grad: bool,
                       backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    g_lpx = torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
-    g_z = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    g_lpx = torch.empty_like(weights, memory_format=torch.contiguous_format)
+    g_z = torch.empty_like(z, memory_format=torch.contiguous_format)
     g_mu, g_lv = _grad_buffer(mu, q_grad, z), _grad_buffer(logvar, q_grad, z)
     g_pm, g_plv = _grad_buffer(prior_mu, prior_grad, z), _grad_buffer(prior_logvar, prior_grad, z)
     if z.shape[1] == 0 or z.shape[2] == 0:  # no examples, or D = 0: lw = lpx, nothing else to differentiate

@@ -65,7 +65,7 @@ def _out_shape(x: Tensor, dim: int) -> tuple:
 
 
 def _forward(x: Tensor, dim: int, backend: str) -> Tensor:
-    out = torch.empty(_out_shape(x, dim), dtype=compute_dtype(x.dtype), device=x.device)
+    out = x.new_empty(_out_shape(x, dim), dtype=compute_dtype(x.dtype))
     if out.numel():
         _fwd(x.contiguous(), out, dim, backend)
     return out
@@ -83,7 +83,7 @@ def _(x, dim, backend):
 
 
 def _backward_kernels(grad: Tensor, x: Tensor, out: Tensor, dim: int, backend: str) -> Tensor:
-    g_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    g_x = torch.empty_like(x, memory_format=torch.contiguous_format)
     if g_x.numel():
         _bwd(grad.contiguous(), x.contiguous(), out.contiguous(), g_x, dim, backend)
     return g_x

@@ -60,14 +60,14 @@ def _bwd(grad_z: Tensor, logvar: Tensor, seed: Tensor, grad_mu: Tensor, grad_log
 
 
 def _forward(mu: Tensor, logvar: Tensor, seed: Tensor, num_samples: int, backend: str) -> Tensor:
-    z = torch.empty((num_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
+    z = mu.new_empty((num_samples, *mu.shape))
     if z.numel():
         _fwd(_flat(mu), _flat(logvar), seed, z, backend)
     return z
 
 
 def _backward_kernels(grad_z: Tensor, logvar: Tensor, seed: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
-    grad_mu = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device)
+    grad_mu = torch.empty_like(logvar, memory_format=torch.contiguous_format)
     grad_logvar = torch.empty_like(grad_mu)
     if grad_mu.numel():
         _bwd(grad_z.contiguous(), _flat(logvar), seed, grad_mu, grad_logvar, backend)
