@@ -27,9 +27,11 @@ setup: $(STAMP)
 build: $(STAMP)
 	MAX_JOBS=$${MAX_JOBS:-$$(nproc)} $(BIN)/python setup.py -q build_ext --inplace
 
-# The suite, then every small benchmark case once (so the benchmarks cannot rot unnoticed).
+# The suite, then every small benchmark case once (so the benchmarks cannot rot unnoticed), and
+# the benchmark scripts' syntax (gpu_check.sh runs only where a GPU is).
 test: build
 	$(BIN)/python -m pytest -q
+	for f in benchmarks/*.sh; do bash -n $$f || exit 1; done
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m pytest benchmarks -q -k small --benchmark-disable -p no:cacheprovider
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/targets.py --quick > /dev/null
 
