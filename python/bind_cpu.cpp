@@ -206,26 +206,32 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "reparameterize_bwd",
-      [](uintptr_t grad_z, uintptr_t logvar, uintptr_t seed, uintptr_t grad_mu, uintptr_t grad_logvar,
-         int64_t n, int64_t k, int dtype, int num_threads) {
+      [](uintptr_t grad_z, uintptr_t logvar, uintptr_t z, uintptr_t mu, uintptr_t seed, uintptr_t grad_mu,
+         uintptr_t grad_logvar, int64_t n, int64_t k, int dtype, int num_threads) {
         check_size("n", n);
         check_size("k", k);
         check_dtype(dtype);
         if (n == 0) return;
         if (k > 0) check_ptr("grad_z", grad_z);  // k == 0: grad_z is empty, the sums are -0
         check_ptr("logvar", logvar);
+        if (z != 0 || mu != 0) {  // both or neither
+          check_ptr("z", z);
+          check_ptr("mu", mu);
+        }
         check_ptr("seed", seed);
         check_ptr("grad_mu", grad_mu);
         check_ptr("grad_logvar", grad_logvar);
         const uint64_t s = read_seed(seed);
         py::gil_scoped_release nogil;
-        g_isa->reparameterize_bwd(ptr<const void>(grad_z), ptr<const void>(logvar), s, ptr<void>(grad_mu),
-                                  ptr<void>(grad_logvar), n, k, dtype, num_threads);
+        g_isa->reparameterize_bwd(ptr<const void>(grad_z), ptr<const void>(logvar), ptr<const void>(z),
+                                  ptr<const void>(mu), s, ptr<void>(grad_mu), ptr<void>(grad_logvar), n, k, dtype,
+                                  num_threads);
       },
-      py::arg("grad_z"), py::arg("logvar"), py::arg("seed"), py::arg("grad_mu"), py::arg("grad_logvar"),
-      py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("num_threads"),
+      py::arg("grad_z"), py::arg("logvar"), py::arg("z"), py::arg("mu"), py::arg("seed"), py::arg("grad_mu"),
+      py::arg("grad_logvar"), py::arg("n"), py::arg("k"), py::arg("dtype"), py::arg("num_threads"),
       "grad_mu[i] = sum_j grad_z[j, i]; grad_logvar[i] = exp(logvar[i] / 2) / 2 * sum_j grad_z[j, i] * "
-      "eps(seed, j*n + i)");
+      "eps(seed, j*n + i); z, mu: 0, or the forward's z [k, n] and mu [n], from which eps is then read back "
+      "where that is exact enough (float32 / float64)");
 
   m.def(
       "gaussian_kl_fwd",

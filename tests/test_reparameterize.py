@@ -201,6 +201,92 @@ def test_compile_fullgraph_matches_eager(device, backend):
     assert not torch.equal(compiled(mu, lv), first)  # and consecutive calls differ
 
 
+def _grads(z_fn, mu, lv, g):
+    """dmu, dlogvar of (z_fn(mu, lv) * g).sum() through z_fn's graph, on fresh leaves."""
+    mu, lv = mu.detach().requires_grad_(True), lv.detach().requires_grad_(True)
+    torch.autograd.backward(z_fn(mu, lv), g)
+    return mu.grad, lv.grad
+
+
+def _oracle_grads(mu, lv, g, seed, k):
+    _, eps = oracle(mu, lv, seed, k)
+    sigma = torch.exp(0.5 * lv.double())
+    gd = g.double()
+    scale = (gd.abs() * eps.abs().clamp(min=1)).sum(0) * 0.5 * sigma * (1 + STREAM_ULP / TOL[mu.dtype]["rtol"])
+    return gd.sum(0), (gd * eps).sum(0) * 0.5 * sigma, gd.abs().sum(0), scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 5), (40, 37), (7, 1000)], ids=str)
+def test_cpu_backward_reads_eps_back_from_z(dtype, shape):
+    """In plain eager, the cpu backward reads eps back from z, (z - mu) / sigma, in the blocks of
+    64 columns whose |mu| <= 8 sigma (here most of them; the rest regenerate eps) -- within the
+    oracle's tolerance, and not bitwise what the custom op (always regenerating) gives."""
+    from vaekernels.ops import reparameterize as op
+    k = 6
+    mu, lv = inputs(shape, dtype, "cpu", seed=11)
+    mu = mu / 3  # |mu| ~ 1, sigma ~ 1
+    g = torch.randn((k, *shape), generator=torch.Generator().manual_seed(4), dtype=dtype)
+    twin = _grads(lambda m, l: vk.reparameterize(m, l, k, seed=5, backend="cpu"), mu, lv, g)
+    custom = _grads(lambda m, l: op.reparameterize(m, l, torch.tensor(5), k, "cpu"), mu, lv, g)
+    ref_dmu, ref_dlv, dmu_scale, dlv_scale = _oracle_grads(mu, lv, g, 5, k)
+    assert torch.equal(twin[0], custom[0])  # dmu does not involve eps
+    assert_close(twin[1], ref_dlv, dtype, dlv_scale, f"dlogvar read back {dtype}")
+    assert_close(custom[1], ref_dlv, dtype, dlv_scale, f"dlogvar regenerated {dtype}")
+    assert not torch.equal(twin[1], custom[1]), "the eager twin did not read eps back from z"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_backward_regenerates_where_sigma_is_small_against_mu(dtype):
+    """Columns with |mu| >> sigma (there (z - mu) / sigma would have lost every digit of eps) take
+    regenerated eps, also in a tile whose other blocks read eps back from z; the blocks are 64
+    columns from column 0."""
+    k, n = 4, 300
+    mu, lv = torch.randn(n, dtype=dtype) / 3, torch.randn(n, dtype=dtype)
+    # sigma = 1 and z - mu would keep only ~4 bits of eps (float32: ulp(1e6) = 1/16; float64: ulp(1e14))
+    mu[64:128], lv[64:128] = (1e6 if dtype == torch.float32 else 1e14), 0.0
+    mu[200] = 20.0  # one column of the block 192-255 beyond 8 sigma
+    lv[200] = 0.0
+    g = torch.randn((k, n), generator=torch.Generator().manual_seed(8), dtype=dtype)
+    dmu, dlv = _grads(lambda m, l: vk.reparameterize(m, l, k, seed=3, backend="cpu"), mu, lv, g)
+    ref_dmu, ref_dlv, dmu_scale, dlv_scale = _oracle_grads(mu, lv, g, 3, k)
+    assert_close(dmu, ref_dmu, dtype, dmu_scale, "dmu")
+    assert_close(dlv, ref_dlv, dtype, dlv_scale, "dlogvar")
+
+
+def test_cpu_backward_after_z_changed_or_dropped():
+    """An in-place change of z after the forward (which eager torch allows), or z no longer alive,
+    makes the backward regenerate eps: the same bits as the custom op path."""
+    from vaekernels.ops import reparameterize as op
+    k, shape = 3, (20, 50)
+    mu, lv = inputs(shape, torch.float32, "cpu", seed=2)
+    g = torch.randn((k, *shape), generator=torch.Generator().manual_seed(6))
+
+    def changed(fn):
+        def run(m, l):
+            z = fn(m, l)
+            z.mul_(2.0)  # a new version of z; its gradient is now 2 g
+            return z
+        return run
+
+    def dropped(fn):
+        def run(m, l):
+            return fn(m, l) * 1.0  # the product keeps no reference to z; z dies here
+        return run
+
+    def twin(m, l):
+        return vk.reparameterize(m, l, k, seed=9, backend="cpu")
+
+    def custom(m, l):
+        return op.reparameterize(m, l, torch.tensor(9), k, "cpu")
+
+    for wrap in (changed, dropped):
+        a, b = _grads(wrap(twin), mu, lv, g), _grads(wrap(custom), mu, lv, g)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), wrap.__name__
+    _, ref_dlv, _, dlv_scale = _oracle_grads(mu, lv, 2 * g, 9, k)
+    assert_close(_grads(changed(twin), mu, lv, g)[1], ref_dlv, torch.float32, dlv_scale, "dlogvar after z.mul_(2)")
+
+
 @pytest.mark.parametrize("device,backend", KERNEL_CASES)
 def test_backward_keeps_no_sample_sized_tensor(device, backend):
     """Saved for backward: logvar and the 0-d seed only (eager torch keeps eps: K*B*D)."""

@@ -17,9 +17,12 @@
   void reparameterize_fwd(const void* mu, const void* logvar, uint64_t seed, void* z, int64_t n, \
                           int64_t k, int dtype, int num_threads);                                \
   /* grad_mu[i] = sum_j grad_z[j, i];                                                            \
-     grad_logvar[i] = exp(logvar[i] / 2) / 2 * sum_j grad_z[j, i] * eps(seed, j*n + i) */       \
-  void reparameterize_bwd(const void* grad_z, const void* logvar, uint64_t seed, void* grad_mu,  \
-                          void* grad_logvar, int64_t n, int64_t k, int dtype, int num_threads);  \
+     grad_logvar[i] = exp(logvar[i] / 2) / 2 * sum_j grad_z[j, i] * eps(seed, j*n + i);          \
+     z, mu: null, or the forward's z [k, n] and mu [n]: eps is then read back from z where that   \
+     is exact enough (reparameterize.cpp, kZBlock; float32 / float64) */                          \
+  void reparameterize_bwd(const void* grad_z, const void* logvar, const void* z, const void* mu, \
+                          uint64_t seed, void* grad_mu, void* grad_logvar, int64_t n, int64_t k, \
+                          int dtype, int num_threads);                                           \
   /* Gaussian KL (gaussian_kl.cpp).  mu, logvar: [n, d]; prior_mu, prior_logvar: [p, d] or null   \
      (0), row r uses prior row r % p; all of dtype.  out, col, grad: the compute type (float32,    \
      float64 for float64).  reduction 0: out [n, d] = KL; 1: out [n] = sum over d; 2: out [] =    \

@@ -3,12 +3,16 @@
 //   forward   z[j, i]        = mu[i] + sigma[i] * eps(seed, j*n + i),   sigma = exp(logvar / 2)
 //   backward  grad_mu[i]     = sum_j grad_z[j, i]
 //             grad_logvar[i] = sigma[i] / 2 * sum_j grad_z[j, i] * eps(seed, j*n + i)
+//                            = 1 / 2 * sum_j grad_z[j, i] * (z[j, i] - mu[i])   (eps read back from z)
 //   mu, logvar, grad_mu, grad_logvar: [n];  z, grad_z: [k, n] (row-major, contiguous).
 //
 // eps is the vaekernels normal stream (philox.h, docs/random.md): Philox4x32-10 of group
 // g = e >> 2, Box-Muller on its four words.  It is generated in blocks of kLanes groups
 // (4*kLanes normals) with SIMD Philox and SIMD log / sqrt / sincos (vecmath.h) and goes from
 // registers straight into the forward's z or the backward's sums; it is never stored.
+//
+// The backward takes eps from z where the caller hands z (and mu) over and z holds it well: see
+// kZBlock.  Elsewhere it regenerates eps.
 //
 // Work split: tiles of columns i (at most kCap wide) x rows j.  Each tile converts mu and
 // computes sigma for its columns once, then walks its rows.  The backward splits over columns
@@ -20,6 +24,8 @@
 #include "vaekernels/philox.h"
 
 #include <string.h>
+
+#include <memory>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -41,6 +47,25 @@ constexpr int kBlocksPerStep = 2;
 constexpr int64_t kCap = 2048;           // most columns per tile, most normals per step
 constexpr int64_t kMinChunk = 256;       // fewest columns per tile when tiles are split for threads
 constexpr int64_t kSerialBelow = 32768;  // k*n below this runs on the calling thread, no fork
+
+// The backward reads eps back from z, as (z - mu) / sigma, for each block of kZBlock columns
+// (counted from column 0, so the choice does not depend on the tiling or the thread count) whose
+// columns all have |mu| <= kZRatio * sigma and sigma <= kZMaxSigma.  There the error is bounded:
+// z = mu + sigma * eps rounded once and z - mu rounded once give (z - mu) / sigma = eps + d with
+// |d| <= u (|mu| / sigma + 2 |eps|) <= u (kZRatio + 2 |eps|), u the unit roundoff of z's type --
+// at most ~3 bits of eps lost in float32, none that matter in float64 (16-bit z: never read;
+// its unit roundoff would lose every digit).  Where sigma << |mu| the quotient would lose every
+// digit, so those blocks regenerate eps (exact), as do NaN / inf columns (the test fails).
+// Why read z at all: the backward then streams grad_z and z from memory (both ~268 MB at
+// (4096, 256, 64): 17-19 ms on 2 threads here) instead of running the generator again
+// (24-29 ms) -- when the reads stream well: two rows a step in column tiles of kBwdCap (32 KB
+// segments of each row; one row a step in tiles of 2048 columns was no faster than the
+// generator, and software prefetching, or mixing regenerated and read-back rows to overlap the
+// generator with the loads, measured slower or within the noise).
+constexpr int64_t kZBlock = 64;
+constexpr int64_t kBwdCap = 8192;  // most columns per backward tile (a multiple of kZBlock)
+constexpr double kZRatio = 8;
+constexpr double kZMaxSigma = 0x1p64;  // so that z = mu + sigma * eps stays finite
 
 VK_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 VK_INLINE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -343,7 +368,7 @@ struct Plan {
   int threads;
 };
 
-Plan make_plan(int64_t n, int64_t k, int num_threads) {
+Plan make_plan(int64_t n, int64_t k, int num_threads, int64_t cap) {
   Plan p;
   p.threads = 1;
 #ifdef _OPENMP
@@ -351,14 +376,14 @@ Plan make_plan(int64_t n, int64_t k, int num_threads) {
 #else
   (void)num_threads;
 #endif
-  // Column tiles of at most kCap columns, their count rounded up to a multiple of the thread
+  // Column tiles of at most cap columns, their count rounded up to a multiple of the thread
   // count (the backward cannot split rows; static schedule) as far as kMinChunk columns allow.
-  const int64_t fewest = ceil_div(n, kCap);
+  const int64_t fewest = ceil_div(n, cap);
   const int64_t nchunks = max64(fewest, min64(ceil_div(fewest, p.threads) * p.threads, n / kMinChunk));
   // Multiples of 64 columns: tiles start group-aligned whenever n % 4 == 0.
   p.chunk = nchunks == 1 ? n : ceil_div(ceil_div(n, nchunks), 64) * 64;
   p.nchunks = ceil_div(n, p.chunk);
-  p.rows_per_step = p.chunk == n ? max64(1, kCap / n) : 1;
+  p.rows_per_step = p.chunk == n ? max64(1, cap / n) : 1;
   return p;
 }
 
@@ -378,7 +403,7 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
          int64_t n, int64_t k, int num_threads) {
   using S = typename D::S;
   using C = typename D::C;
-  const Plan plan = make_plan(n, k, num_threads);
+  const Plan plan = make_plan(n, k, num_threads, kCap);
   const StreamKey key(seed);
   // With threads, rows are split too when there are few column tiles (about 4 tiles per thread
   // for balance; each row block recomputes the sigma of its columns).
@@ -413,42 +438,116 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
   });
 }
 
-// eps is regenerated from the seed rather than recovered as (z - mu) / sigma: that quotient
-// loses every digit when sigma << |mu| (z rounds to mu, e.g. in bf16 / fp16), and it would
-// keep z and mu alive for the backward.
+// sum_g[t] += grad_z[r][t];  acc[t] += grad_z[r][t] * (z[r][t] - mu[t]) for t < len, for rows
+// r = 0 ... R-1 in order (rows of grad_z and z `stride` apart): one segment of R rows of the
+// backward where eps is read back from z (kZBlock).  Two rows at a time halve the traffic of the
+// sums (same sums, bitwise).
+template <class D, int R>
+VK_INLINE void from_z(const typename D::S* grad_z, const typename D::S* z, int64_t stride, const typename D::C* mu,
+                      typename D::C* sum_g, typename D::C* acc, int64_t len) {
+  using C = typename D::C;
+  using CV = typename D::CV;
+  int64_t t = 0;
+  for (; t + kLanes <= len; t += kLanes) {
+    CV sg = loadu<CV>(sum_g + t), sa = loadu<CV>(acc + t);
+    const CV m = loadu<CV>(mu + t);
+    for (int r = 0; r < R; ++r) {
+      const CV g = D::vload(grad_z + r * stride + t);
+      sg += g;
+      sa += g * (D::vload(z + r * stride + t) - m);
+    }
+    storeu(sum_g + t, sg);
+    storeu(acc + t, sa);
+  }
+  for (; t < len; ++t)
+    for (int r = 0; r < R; ++r) {
+      const C g = D::load(grad_z[r * stride + t]);
+      sum_g[t] += g;
+      acc[t] += g * (D::load(z[r * stride + t]) - mu[t]);
+    }
+}
+
+// z, mu: null, or the forward's output and input (then eps is read back from z where kZBlock
+// allows; float32 / float64 only, the caller's choice).  Per column the sums run over j in order
+// whichever way eps comes, so the results do not depend on the number of threads.
 template <class D>
-void bwd(const typename D::S* grad_z, const typename D::S* logvar, uint64_t seed,
-         typename D::S* grad_mu, typename D::S* grad_logvar, int64_t n, int64_t k, int num_threads) {
+void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typename D::S* z,
+         const typename D::S* mu, uint64_t seed, typename D::S* grad_mu, typename D::S* grad_logvar, int64_t n,
+         int64_t k, int num_threads) {
   using S = typename D::S;
   using C = typename D::C;
-  const Plan plan = make_plan(n, k, num_threads);
+  const Plan plan = make_plan(n, k, num_threads, kBwdCap);
   const StreamKey key(seed);
   run_tiles(plan.nchunks, plan.threads, [&](int64_t item) {
     const int64_t i0 = item * plan.chunk, cols = min64(plan.chunk, n - i0);
-    alignas(64) C sum_g[kCap], sum_ge[kCap];  // sums over j, in order j = 0, 1, ...
-    alignas(64) float buf[kCap];
+    // sum_g, acc: sums over j, in order j = 0, 1, ...; on the heap (kBwdCap columns of 4 arrays).
+    const std::unique_ptr<C[]> arrays(new C[4 * kBwdCap]);
+    C* const sum_g = arrays.get();
+    C* const acc = sum_g + kBwdCap;
+    C* const sigma = acc + kBwdCap;
+    C* const mu_c = sigma + kBwdCap;
+    bool use_z[kBwdCap / kZBlock];  // per block of the tile (tiles start at multiples of kZBlock)
+    const int64_t nblocks = ceil_div(cols, kZBlock);
+    bool any_z = false;
+    for (int64_t b = 0; b < nblocks; ++b) {
+      bool ok = z != nullptr;
+      for (int64_t t = b * kZBlock; t < min64(cols, (b + 1) * kZBlock); ++t) {
+        sigma[t] = sigma_of(D::load(logvar[i0 + t]));
+        if (ok) {
+          mu_c[t] = D::load(mu[i0 + t]);
+          // Written so that NaN fails it.
+          ok = __builtin_fabs(mu_c[t]) <= static_cast<C>(kZRatio) * sigma[t] && sigma[t] <= static_cast<C>(kZMaxSigma);
+        }
+      }
+      use_z[b] = ok;
+      any_z |= ok;
+    }
     // -0 is the exact identity of IEEE addition (+0 would turn a sum of -0 terms into +0).
-    for (int64_t t = 0; t < cols; ++t) sum_g[t] = sum_ge[t] = -0.0;
-    for (int64_t j = 0; j < k; j += plan.rows_per_step) {
-      const int64_t rows = min64(plan.rows_per_step, k - j), jn = j + rows;
-      const uint64_t e0 = static_cast<uint64_t>(j * n + i0);
-      const S* const next = jn < k ? grad_z + jn * n + i0 : nullptr;  // the next step's grad_z
-      const int64_t next_bytes = next ? ((min64(plan.rows_per_step, k - jn) - 1) * n + cols) * sizeof(S) : 0;
-      if (rows == 1) {  // fused: straight from registers into the sums
-        BwdSink<D> sink{grad_z + j * n + i0, sum_g, sum_ge};
-        for_normals<false>(key, e0, cols, sink, next, next_bytes);
-      } else {  // several whole (short) rows: one stretch of the stream, then row by row
-        BufferSink sink{buf};
-        for_normals<false>(key, e0, rows * n, sink, next, next_bytes);
+    for (int64_t t = 0; t < cols; ++t) sum_g[t] = acc[t] = -0.0;
+    if (plan.rows_per_step == 1 || any_z) {
+      // Two rows a step (one at the end); each in runs of blocks that take eps the same way.
+      for (int64_t j = 0; j < k; j += 2) {
+        const int64_t rows = min64(2, k - j);
+        for (int64_t b = 0; b < nblocks;) {
+          int64_t b1 = b + 1;
+          while (b1 < nblocks && use_z[b1] == use_z[b]) ++b1;
+          const int64_t t0 = b * kZBlock, len = min64(cols, b1 * kZBlock) - t0;
+          const int64_t at = j * n + i0 + t0;  // element (j, i0 + t0)
+          if (use_z[b] && rows == 2) {
+            from_z<D, 2>(grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len);
+          } else if (use_z[b]) {
+            from_z<D, 1>(grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len);
+          } else {
+            for (int64_t r = 0; r < rows; ++r) {  // fused: from registers into the sums
+              BwdSink<D> sink{grad_z + at + r * n, sum_g + t0, acc + t0};
+              // Meanwhile the next row's grad_z (of this run).
+              const S* const next = j + r + 1 < k ? grad_z + at + (r + 1) * n : nullptr;
+              for_normals<false>(key, static_cast<uint64_t>(at + r * n), len, sink, next,
+                                 next ? len * static_cast<int64_t>(sizeof(S)) : 0);
+            }
+          }
+          b = b1;
+        }
+      }
+    } else {  // several whole (short) rows a step: one stretch of the stream, then row by row
+      const std::unique_ptr<float[]> buf(new float[kBwdCap]);
+      for (int64_t j = 0; j < k; j += plan.rows_per_step) {
+        const int64_t rows = min64(plan.rows_per_step, k - j), jn = j + rows;
+        const S* const next = jn < k ? grad_z + jn * n + i0 : nullptr;  // the next step's grad_z
+        const int64_t next_bytes = next ? ((min64(plan.rows_per_step, k - jn) - 1) * n + cols) * sizeof(S) : 0;
+        BufferSink sink{buf.get()};
+        for_normals<false>(key, static_cast<uint64_t>(j * n + i0), rows * n, sink, next, next_bytes);
         for (int64_t r = 0; r < rows; ++r) {
-          BwdSink<D> row{grad_z + (j + r) * n, sum_g, sum_ge};
+          BwdSink<D> row{grad_z + (j + r) * n, sum_g, acc};
           for (int64_t t = 0; t < n; ++t) row.one(t, buf[r * n + t]);
         }
       }
     }
     for (int64_t t = 0; t < cols; ++t) {
       grad_mu[i0 + t] = D::store(sum_g[t]);
-      grad_logvar[i0 + t] = D::store(static_cast<C>(0.5) * sigma_of(D::load(logvar[i0 + t])) * sum_ge[t]);
+      // acc: sum grad_z * (z - mu) = sigma * sum grad_z * eps where eps came from z.
+      const C scale = use_z[t / kZBlock] ? static_cast<C>(0.5) : static_cast<C>(0.5) * sigma[t];
+      grad_logvar[i0 + t] = D::store(scale * acc[t]);
     }
   });
 }
@@ -496,24 +595,26 @@ void reparameterize_fwd(const void* mu, const void* logvar, uint64_t seed, void*
   }
 }
 
-// k == 0 writes the empty sums: grad_mu = -0, grad_logvar = sigma / 2 * -0.
-void reparameterize_bwd(const void* grad_z, const void* logvar, uint64_t seed, void* grad_mu,
-                        void* grad_logvar, int64_t n, int64_t k, int dtype, int num_threads) {
+// k == 0 writes the empty sums: grad_mu = -0, grad_logvar = sigma / 2 * -0 (or 1/2 * -0).
+// z, mu: null, or read back eps from z where that is exact enough (kZBlock); 16-bit types never do.
+void reparameterize_bwd(const void* grad_z, const void* logvar, const void* z, const void* mu, uint64_t seed,
+                        void* grad_mu, void* grad_logvar, int64_t n, int64_t k, int dtype, int num_threads) {
   if (n <= 0 || k < 0) return;
+  if (z == nullptr || mu == nullptr) z = mu = nullptr;
   switch (dtype) {
     case kFloat32:
-      return bwd<F32>(static_cast<const float*>(grad_z), static_cast<const float*>(logvar), seed,
+      return bwd<F32>(static_cast<const float*>(grad_z), static_cast<const float*>(logvar),
+                      static_cast<const float*>(z), static_cast<const float*>(mu), seed,
                       static_cast<float*>(grad_mu), static_cast<float*>(grad_logvar), n, k, num_threads);
     case kFloat16:
-      return bwd<F16>(static_cast<const uint16_t*>(grad_z), static_cast<const uint16_t*>(logvar), seed,
-                      static_cast<uint16_t*>(grad_mu), static_cast<uint16_t*>(grad_logvar), n, k,
-                      num_threads);
+      return bwd<F16>(static_cast<const uint16_t*>(grad_z), static_cast<const uint16_t*>(logvar), nullptr, nullptr,
+                      seed, static_cast<uint16_t*>(grad_mu), static_cast<uint16_t*>(grad_logvar), n, k, num_threads);
     case kBFloat16:
-      return bwd<BF16>(static_cast<const uint16_t*>(grad_z), static_cast<const uint16_t*>(logvar), seed,
-                       static_cast<uint16_t*>(grad_mu), static_cast<uint16_t*>(grad_logvar), n, k,
-                       num_threads);
+      return bwd<BF16>(static_cast<const uint16_t*>(grad_z), static_cast<const uint16_t*>(logvar), nullptr, nullptr,
+                       seed, static_cast<uint16_t*>(grad_mu), static_cast<uint16_t*>(grad_logvar), n, k, num_threads);
     case kFloat64:
-      return bwd<F64>(static_cast<const double*>(grad_z), static_cast<const double*>(logvar), seed,
+      return bwd<F64>(static_cast<const double*>(grad_z), static_cast<const double*>(logvar),
+                      static_cast<const double*>(z), static_cast<const double*>(mu), seed,
                       static_cast<double*>(grad_mu), static_cast<double*>(grad_logvar), n, k, num_threads);
   }
 }
