@@ -25,7 +25,7 @@
 
 #include <string.h>
 
-#include <memory>
+#include <vector>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -438,6 +438,14 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
   });
 }
 
+// n elements of type T in a buffer of the calling thread, kept from call to call (contents undefined).
+template <class T>
+T* thread_buffer(int64_t n) {
+  static thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
 // sum_g[t] += grad_z[r][t];  acc[t] += grad_z[r][t] * (z[r][t] - mu[t]) for t < len, for rows
 // r = 0 ... R-1 in order (rows of grad_z and z `stride` apart): one segment of R rows of the
 // backward where eps is read back from z (kZBlock).  Two rows at a time halve the traffic of the
@@ -480,25 +488,26 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
   const StreamKey key(seed);
   run_tiles(plan.nchunks, plan.threads, [&](int64_t item) {
     const int64_t i0 = item * plan.chunk, cols = min64(plan.chunk, n - i0);
-    // sum_g, acc: sums over j, in order j = 0, 1, ...; on the heap (kBwdCap columns of 4 arrays).
-    const std::unique_ptr<C[]> arrays(new C[4 * kBwdCap]);
-    C* const sum_g = arrays.get();
+    // sum_g, acc: sums over j, in order j = 0, 1, ...  The 4 arrays of the tile live in a buffer
+    // per thread (up to 256 KB: too much for some threads' stacks; a fresh allocation per call
+    // can be fresh pages from the kernel, ~10 us at small sizes).
+    C* const sum_g = thread_buffer<C>(4 * kBwdCap);
     C* const acc = sum_g + kBwdCap;
     C* const sigma = acc + kBwdCap;
     C* const mu_c = sigma + kBwdCap;
     bool use_z[kBwdCap / kZBlock];  // per block of the tile (tiles start at multiples of kZBlock)
     const int64_t nblocks = ceil_div(cols, kZBlock);
+    // Separate, branch-free loops, so that they vectorize.
+    for (int64_t t = 0; t < cols; ++t) sigma[t] = sigma_of(D::load(logvar[i0 + t]));
+    if (z != nullptr)
+      for (int64_t t = 0; t < cols; ++t) mu_c[t] = D::load(mu[i0 + t]);
     bool any_z = false;
     for (int64_t b = 0; b < nblocks; ++b) {
       bool ok = z != nullptr;
-      for (int64_t t = b * kZBlock; t < min64(cols, (b + 1) * kZBlock); ++t) {
-        sigma[t] = sigma_of(D::load(logvar[i0 + t]));
-        if (ok) {
-          mu_c[t] = D::load(mu[i0 + t]);
-          // Written so that NaN fails it.
-          ok = __builtin_fabs(mu_c[t]) <= static_cast<C>(kZRatio) * sigma[t] && sigma[t] <= static_cast<C>(kZMaxSigma);
-        }
-      }
+      if (ok)
+        for (int64_t t = b * kZBlock; t < min64(cols, (b + 1) * kZBlock); ++t)  // NaN fails it
+          ok &= (__builtin_fabs(mu_c[t]) <= static_cast<C>(kZRatio) * sigma[t]) &
+                (sigma[t] <= static_cast<C>(kZMaxSigma));
       use_z[b] = ok;
       any_z |= ok;
     }
@@ -530,12 +539,12 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
         }
       }
     } else {  // several whole (short) rows a step: one stretch of the stream, then row by row
-      const std::unique_ptr<float[]> buf(new float[kBwdCap]);
+      alignas(64) float buf[kBwdCap];
       for (int64_t j = 0; j < k; j += plan.rows_per_step) {
         const int64_t rows = min64(plan.rows_per_step, k - j), jn = j + rows;
         const S* const next = jn < k ? grad_z + jn * n + i0 : nullptr;  // the next step's grad_z
         const int64_t next_bytes = next ? ((min64(plan.rows_per_step, k - jn) - 1) * n + cols) * sizeof(S) : 0;
-        BufferSink sink{buf.get()};
+        BufferSink sink{buf};
         for_normals<false>(key, static_cast<uint64_t>(j * n + i0), rows * n, sink, next, next_bytes);
         for (int64_t r = 0; r < rows; ++r) {
           BwdSink<D> row{grad_z + (j + r) * n, sum_g, acc};

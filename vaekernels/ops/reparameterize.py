@@ -10,7 +10,7 @@ Memory traffic per element of z: forward writes z (reads of mu/logvar amortize o
 reads dz.
 
 One exception, on the cpu backend in plain eager execution (the eager twin below), float32 and
-float64: when z is still alive at backward time and unmodified (same version, storage and
+float64, z of at least READ_BACK_MIN elements: when z is still alive at backward time and unmodified (same version, storage and
 layout), the kernel reads eps back from it, dlogvar = 0.5 * sum_k dz_k * (z_k - mu), in the blocks
 of columns where that is exact enough (|mu| <= 8 sigma: at most ~3 bits of eps lost in float32;
 csrc/cpu/reparameterize.cpp, kZBlock) and regenerates eps elsewhere.  Streaming z beside dz
@@ -132,6 +132,12 @@ def _backward(ctx, grad_z):
 reparameterize.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Smallest z (elements) whose backward reads eps back from it.  Below, regenerating eps costs a few
+# microseconds and the read-back's bookkeeping more (at (128, 32, 1): +2.5 us Python, +4-7 us
+# kernel, measured).
+READ_BACK_MIN = 1 << 16
+
+
 class _EagerReparameterize(torch.autograd.Function):
     """The eager twin of vaekernels::reparameterize (plain eager calls skip the custom op's
     dispatch): the same _forward, saved tensors and backward kernels -- and, on the cpu backend,
@@ -142,7 +148,7 @@ class _EagerReparameterize(torch.autograd.Function):
         z = _forward(mu, logvar, seed, num_samples, backend)
         _setup_context(ctx, (mu, logvar, seed, num_samples, backend), z)
         ctx.read_back = None
-        if backend == "cpu" and z.dtype in (torch.float32, torch.float64) and z.numel():
+        if backend == "cpu" and z.dtype in (torch.float32, torch.float64) and z.numel() >= READ_BACK_MIN:
             # mu as the kernel reads it: mu itself (a view) when contiguous, else a private copy.
             # Versions, address and layout tell at backward time whether z and mu still hold what
             # the forward wrote / read (an in-place change bumps the version).
