@@ -225,7 +225,8 @@ def read_back_always(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,k", [((3, 5), 6), ((40, 37), 6), ((7, 1000), 6), ((70, 150), 7)], ids=str)
-def test_cpu_backward_reads_eps_back_from_z(dtype, shape, k, monkeypatch):
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_cpu_backward_reads_eps_back_from_z(dtype, shape, k, layout, monkeypatch):
     """In plain eager, the cpu backward reads eps back from z, (z - mu) / sigma, in the blocks of
     64 columns whose |mu| <= 8 sigma (here most of them; the rest regenerate eps) -- within the
     oracle's tolerance, and not bitwise what the custom op (always regenerating) gives.  Small z
@@ -235,6 +236,8 @@ def test_cpu_backward_reads_eps_back_from_z(dtype, shape, k, monkeypatch):
         monkeypatch.setattr(op, "READ_BACK_MIN", 0)
     mu, lv = inputs(shape, dtype, "cpu", seed=11)
     mu = mu / 3  # |mu| ~ 1, sigma ~ 1
+    if layout == "transposed":  # the same values, non-contiguous: the read-back uses the kernel's copy
+        mu = mu.t().contiguous().t()
     g = torch.randn((k, *shape), generator=torch.Generator().manual_seed(4), dtype=dtype)
     twin = _grads(lambda m, l: vk.reparameterize(m, l, k, seed=5, backend="cpu"), mu, lv, g)
     custom = _grads(lambda m, l: op.reparameterize(m, l, torch.tensor(5), k, "cpu"), mu, lv, g)

@@ -10,8 +10,8 @@ Memory traffic per element of z: forward writes z (reads of mu/logvar amortize o
 reads dz.
 
 One exception, on the cpu backend in plain eager execution (the eager twin below), float32 and
-float64, z of at least READ_BACK_MIN elements: when z is still alive at backward time and unmodified (same version, storage and
-layout), the kernel reads eps back from it, dlogvar = 0.5 * sum_k dz_k * (z_k - mu), in the blocks
+float64, z of at least READ_BACK_MIN elements: when z is still alive at backward time and
+unmodified (same version, storage and layout), the kernel reads eps back from it, dlogvar = 0.5 * sum_k dz_k * (z_k - mu), in the blocks
 of columns where that is exact enough (|mu| <= 8 sigma: at most ~3 bits of eps lost in float32;
 csrc/cpu/reparameterize.cpp, kZBlock) and regenerates eps elsewhere.  Streaming z beside dz
 costs less than a second run of the generator on the CPU (at (4096, 256, 64), 2 threads:
@@ -145,15 +145,17 @@ class _EagerReparameterize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, logvar, seed, num_samples, backend):
-        z = _forward(mu, logvar, seed, num_samples, backend)
+        read_back = (backend == "cpu" and mu.dtype in (torch.float32, torch.float64)
+                     and num_samples * mu.numel() >= READ_BACK_MIN)
+        # mu as the kernel reads it: mu itself (a view) when contiguous, else a private copy --
+        # made here once, for the forward kernel and the backward's read-back alike.
+        mu_c = _flat(mu).view(mu.shape) if read_back else mu
+        z = _forward(mu_c, logvar, seed, num_samples, backend)
         _setup_context(ctx, (mu, logvar, seed, num_samples, backend), z)
-        ctx.read_back = None
-        if backend == "cpu" and z.dtype in (torch.float32, torch.float64) and z.numel() >= READ_BACK_MIN:
-            # mu as the kernel reads it: mu itself (a view) when contiguous, else a private copy.
-            # Versions, address and layout tell at backward time whether z and mu still hold what
-            # the forward wrote / read (an in-place change bumps the version).
-            mu_flat = _flat(mu)
-            ctx.read_back = (weakref.ref(z), z._version, z.data_ptr(), z.shape, mu_flat, mu_flat._version)
+        # Versions, address and layout tell at backward time whether z and mu still hold what the
+        # forward wrote / read (an in-place change bumps the version).
+        ctx.read_back = (weakref.ref(z), z._version, z.data_ptr(), z.shape, mu_c.view(-1),
+                         mu_c._version) if read_back else None
         return z
 
     @staticmethod
