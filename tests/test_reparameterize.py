@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vaekernels as vk
+from vaekernels.reference import random as _ref_random
 from vaekernels.reference import reparameterize as ref_impl
 
 from conftest import ALL_CASES, KERNEL_CASES, TOL, dtypes_for, require
@@ -216,6 +217,37 @@ def _oracle_grads(mu, lv, g, seed, k):
     return gd.sum(0), (gd * eps).sum(0) * 0.5 * sigma, gd.abs().sum(0), scale
 
 
+STREAM_N = 262147  # odd: the rows of z start at every alignment (streaming stores need aligned vectors)
+
+
+@pytest.fixture(scope="module")
+def stream_eps():
+    """The reference stream's first 64 * STREAM_N normals (eps of flat element e is normal(e))."""
+    return vk.normal_noise((64, STREAM_N), 21, backend="reference")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_cpu_forward_streams_large_z(dtype, stream_eps):
+    """z of at least reparameterize_stream_min_bytes (64 MiB) is written with streaming stores
+    (plain ones where a vector is not aligned): every element of the first 64 rows against the
+    float64 oracle, and three later rows where z has more."""
+    from vaekernels import backends
+    min_bytes = backends.module("cpu").build_info()["reparameterize_stream_min_bytes"]
+    n, itemsize = STREAM_N, torch.empty(0, dtype=dtype).element_size()
+    k = -(-min_bytes // (n * itemsize))
+    mu, lv = inputs((n,), dtype, "cpu", seed=3)
+    z = vk.reparameterize(mu, lv, k, seed=21, backend="cpu")
+    assert z.numel() * itemsize >= min_bytes
+    mu64, sigma = mu.double(), torch.exp(0.5 * lv.double())
+    rows = [(j, stream_eps[j]) for j in range(min(k, 64))]
+    rows += [(j, _ref_random.normal(21, n, start=j * n)) for j in (64, k // 2 + 1, k - 1) if 64 <= j < k]
+    for j, eps in rows:
+        eps = eps.double()
+        ref = mu64 + sigma * eps
+        scale = ref.abs() + sigma * eps.abs() + sigma * STREAM_ULP / TOL[dtype]["rtol"] * eps.abs().clamp(min=1)
+        assert_close(z[j], ref, dtype, scale, f"z row {j} of {k} ({dtype})")
+
+
 @pytest.fixture
 def read_back_always(monkeypatch):
     """The cpu backward reads eps back from z of any size (by default from 2^16 elements)."""
@@ -224,13 +256,15 @@ def read_back_always(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape,k", [((3, 5), 6), ((40, 37), 6), ((7, 1000), 6), ((70, 150), 7)], ids=str)
+@pytest.mark.parametrize("shape,k", [((3, 5), 6), ((40, 37), 6), ((7, 1000), 6), ((70, 150), 7), ((300, 131), 5)],
+                         ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 def test_cpu_backward_reads_eps_back_from_z(dtype, shape, k, layout, monkeypatch):
     """In plain eager, the cpu backward reads eps back from z, (z - mu) / sigma, in the blocks of
     64 columns whose |mu| <= 8 sigma (here most of them; the rest regenerate eps) -- within the
     oracle's tolerance, and not bitwise what the custom op (always regenerating) gives.  Small z
-    only when READ_BACK_MIN allows it (the last shape is above the default)."""
+    only when READ_BACK_MIN allows it (the last two shapes are above the default; the last has
+    two column tiles of the backward, and a last step of 1 row after 4)."""
     from vaekernels.ops import reparameterize as op
     if k * math.prod(shape) < op.READ_BACK_MIN:
         monkeypatch.setattr(op, "READ_BACK_MIN", 0)

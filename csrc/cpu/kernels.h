@@ -74,6 +74,9 @@
 
 namespace vaekernels {
 namespace cpu {
+// reparameterize_fwd writes z of at least this many bytes with streaming stores (reparameterize.cpp);
+// build_info() reports it, so the tests can reach that path.
+constexpr int64_t kStreamMinBytes = int64_t{64} << 20;
 namespace generic {
 VK_CPU_KERNEL_DECLS
 }

@@ -25,7 +25,7 @@
 
 #include <string.h>
 
-#include <vector>
+#include <memory>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -47,6 +47,10 @@ constexpr int kBlocksPerStep = 2;
 constexpr int64_t kCap = 2048;           // most columns per tile, most normals per step
 constexpr int64_t kMinChunk = 256;       // fewest columns per tile when tiles are split for threads
 constexpr int64_t kSerialBelow = 32768;  // k*n below this runs on the calling thread, no fork
+// The forward writes z of at least kStreamMinBytes (kernels.h: 64 MiB) with streaming stores: so
+// large a z cannot stay in the cache for its reader anyway, and they save the read of each line
+// before its write.  (4096, 256, 64) float32, 2 threads, median of 15 interleaved: 27.7 -> 25.9 ms
+// (generation alone: 23.6).
 
 // The backward reads eps back from z, as (z - mu) / sigma, for each block of kZBlock columns
 // (counted from column 0, so the choice does not depend on the tiling or the thread count) whose
@@ -58,12 +62,17 @@ constexpr int64_t kSerialBelow = 32768;  // k*n below this runs on the calling t
 // digit, so those blocks regenerate eps (exact), as do NaN / inf columns (the test fails).
 // Why read z at all: the backward then streams grad_z and z from memory (both ~268 MB at
 // (4096, 256, 64): 17-19 ms on 2 threads here) instead of running the generator again
-// (24-29 ms) -- when the reads stream well: two rows a step in column tiles of kBwdCap (32 KB
+// (24-29 ms) -- when the reads stream well: kZRows rows a step in column tiles of kBwdCap (128 KB
 // segments of each row; one row a step in tiles of 2048 columns was no faster than the
 // generator, and software prefetching, or mixing regenerated and read-back rows to overlap the
 // generator with the loads, measured slower or within the noise).
 constexpr int64_t kZBlock = 64;
-constexpr int64_t kBwdCap = 8192;  // most columns per backward tile (a multiple of kZBlock)
+// Most columns per backward tile (a multiple of kZBlock), and rows a step where eps comes from z.
+// The read-back loop alone at (4096, 256, 64), 2 threads, median of 11 interleaved (a dot product
+// of the same two arrays: 17.1 ms): 2 rows x 8192 columns 19.3 ms, 4 x 8192 18.4, 4 x 32768
+// 17.3-19.2, 8 rows 21.6-21.9 (8 x 2 streams are too many for the prefetchers).
+constexpr int64_t kBwdCap = 32768;
+constexpr int kZRows = 4;
 constexpr double kZRatio = 8;
 constexpr double kZMaxSigma = 0x1p64;  // so that z = mu + sigma * eps stays finite
 
@@ -277,6 +286,56 @@ VK_INLINE void storeu(T* p, const V& v) {
   memcpy(p, &v, sizeof v);
 }
 
+// Non-temporal (streaming) store of v at p: the line goes to memory without first being read into
+// the cache, and the cache keeps what it holds.  p must be aligned to min(sizeof v, the widest
+// streaming store); else, and where the ISA has none, a plain store.  Weakly ordered: sfence after.
+#if defined(__AVX512F__)
+constexpr size_t kStreamBytes = 64;
+#elif defined(__AVX__)
+constexpr size_t kStreamBytes = 32;
+#elif defined(__SSE2__)
+constexpr size_t kStreamBytes = 16;
+#else
+constexpr size_t kStreamBytes = 0;
+#endif
+template <size_t kBytes>
+VK_INLINE void stream_chunk(char* p, const char* from) {
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64) {
+    __m512i x;
+    memcpy(&x, from, 64);
+    return _mm512_stream_si512(reinterpret_cast<__m512i*>(p), x);
+  }
+#endif
+#if defined(__AVX__)
+  if constexpr (kBytes == 32) {
+    __m256i x;
+    memcpy(&x, from, 32);
+    return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x);
+  }
+#endif
+#if defined(__SSE2__)
+  if constexpr (kBytes == 16) {
+    __m128i x;
+    memcpy(&x, from, 16);
+    return _mm_stream_si128(reinterpret_cast<__m128i*>(p), x);
+  }
+#endif
+  memcpy(p, from, kBytes);
+}
+template <class V, class T>
+VK_INLINE void store_stream(T* p, const V& v) {
+  constexpr size_t chunk = sizeof v < kStreamBytes ? sizeof v : kStreamBytes;
+  if (chunk < 16 || reinterpret_cast<uintptr_t>(p) % chunk != 0) return storeu(p, v);
+  for (size_t o = 0; o < sizeof v; o += chunk)
+    stream_chunk<chunk>(reinterpret_cast<char*>(p) + o, reinterpret_cast<const char*>(&v) + o);
+}
+VK_INLINE void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 typedef uint16_t vh __attribute__((vector_size(2 * kLanes)));  // kLanes 16-bit values
 typedef double vd __attribute__((vector_size(8 * kLanes)));    // kLanes doubles
 
@@ -291,6 +350,7 @@ struct F32 {
   static VK_INLINE S store(C x) { return x; }
   static VK_INLINE CV vload(const S* p) { return loadu<vf>(p); }
   static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
+  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, x); }
 };
 struct F16 {
   using S = uint16_t;
@@ -300,6 +360,7 @@ struct F16 {
   static VK_INLINE S store(C x) { return static_cast<S>(float_to_half<uint32_t>(x)); }
   static VK_INLINE CV vload(const S* p) { return half_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
   static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_half<vu>(x), vh)); }
+  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, __builtin_convertvector(float_to_half<vu>(x), vh)); }
 };
 struct BF16 {
   using S = uint16_t;
@@ -309,6 +370,7 @@ struct BF16 {
   static VK_INLINE S store(C x) { return static_cast<S>(float_to_bf16<uint32_t>(x)); }
   static VK_INLINE CV vload(const S* p) { return bf16_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
   static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_bf16<vu>(x), vh)); }
+  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, __builtin_convertvector(float_to_bf16<vu>(x), vh)); }
 };
 struct F64 {
   using S = double;
@@ -318,6 +380,7 @@ struct F64 {
   static VK_INLINE S store(C x) { return x; }
   static VK_INLINE CV vload(const S* p) { return loadu<vd>(p); }
   static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
+  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, x); }
 };
 
 VK_INLINE float sigma_of(float logvar) { return exp_f32(0.5f * logvar); }
@@ -325,8 +388,8 @@ VK_INLINE double sigma_of(double logvar) { return __builtin_exp(0.5 * logvar); }
 
 // z[t] = mu[t] + sigma[t] * eps(e0 + t): one row segment of the forward (mu, sigma: its columns,
 // in the compute type).  The product and sum fuse to one fma where the ISA has FMA, in vec and
-// one alike.
-template <class D>
+// one alike.  kStream: whole vectors go to z with streaming stores (kStreamMinBytes).
+template <class D, bool kStream>
 struct FwdSink {
   using S = typename D::S;
   using C = typename D::C;
@@ -336,7 +399,11 @@ struct FwdSink {
   const C* sigma;
   VK_INLINE void one(int64_t t, float e) { z[t] = D::store(mu[t] + sigma[t] * static_cast<C>(e)); }
   VK_INLINE void vec(int64_t t, vf e) {
-    D::vstore(z + t, loadu<CV>(mu + t) + loadu<CV>(sigma + t) * __builtin_convertvector(e, CV));
+    const CV x = loadu<CV>(mu + t) + loadu<CV>(sigma + t) * __builtin_convertvector(e, CV);
+    if (kStream)
+      D::vstream(z + t, x);
+    else
+      D::vstore(z + t, x);
   }
 };
 
@@ -409,6 +476,7 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
   // for balance; each row block recomputes the sigma of its columns).
   const int64_t jblocks = plan.threads == 1 ? 1 : min64(k, max64(1, ceil_div(4 * plan.threads, plan.nchunks)));
   const int64_t jblock = ceil_div(k, jblocks);
+  const bool stream = n * k * static_cast<int64_t>(sizeof(S)) >= kStreamMinBytes;
   run_tiles(plan.nchunks * jblocks, plan.threads, [&](int64_t item) {
     const int64_t i0 = (item % plan.nchunks) * plan.chunk, cols = min64(plan.chunk, n - i0);
     const int64_t j0 = (item / plan.nchunks) * jblock, j1 = min64(k, j0 + jblock);
@@ -423,33 +491,49 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
       const uint64_t e0 = static_cast<uint64_t>(j * n + i0);
       S* const next = jn < j1 ? z + jn * n + i0 : nullptr;  // the next step's stretch of z
       const int64_t next_bytes = next ? ((min64(plan.rows_per_step, j1 - jn) - 1) * n + cols) * sizeof(S) : 0;
-      if (rows == 1) {  // fused: straight from registers into z
-        FwdSink<D> sink{z + j * n + i0, mu_c, sigma};
+      if (rows == 1 && stream) {  // fused: straight from registers into memory
+        FwdSink<D, true> sink{z + j * n + i0, mu_c, sigma};
+        for_normals<true>(key, e0, cols, sink, nullptr, 0);
+      } else if (rows == 1) {  // fused: straight from registers into z
+        FwdSink<D, false> sink{z + j * n + i0, mu_c, sigma};
         for_normals<true>(key, e0, cols, sink, next, next_bytes);
       } else {  // several whole (short) rows: one stretch of the stream, then row by row
         BufferSink sink{buf};
         for_normals<true>(key, e0, rows * n, sink, next, next_bytes);
         for (int64_t r = 0; r < rows; ++r) {
-          FwdSink<D> row{z + (j + r) * n, mu_c, sigma};
+          FwdSink<D, false> row{z + (j + r) * n, mu_c, sigma};
           for (int64_t t = 0; t < n; ++t) row.one(t, buf[r * n + t]);
         }
       }
     }
+    if (stream) store_fence();  // the streaming stores visible before the threads join
   });
 }
 
-// n elements of type T in a buffer of the calling thread, kept from call to call (contents undefined).
+// A T of the calling thread, kept from call to call (contents undefined): for arrays too big for
+// some threads' stacks, and a fresh allocation per call can be fresh pages from the kernel (~10 us
+// at small sizes).
 template <class T>
-T* thread_buffer(int64_t n) {
-  static thread_local std::vector<T> buffer;
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
-  return buffer.data();
+T& thread_scratch() {
+  static thread_local std::unique_ptr<T> scratch(new T);
+  return *scratch;
 }
+
+// The arrays of a backward tile (C: the compute type): sums over j (in order j = 0, 1, ...), the
+// tile's sigma and mu, and the stretch of normals of the short-row path.
+template <class C>
+struct BwdScratch {
+  alignas(64) C sum_g[kBwdCap];
+  alignas(64) C acc[kBwdCap];
+  alignas(64) C sigma[kBwdCap];
+  alignas(64) C mu[kBwdCap];
+  alignas(64) float normals[kBwdCap];
+};
 
 // sum_g[t] += grad_z[r][t];  acc[t] += grad_z[r][t] * (z[r][t] - mu[t]) for t < len, for rows
 // r = 0 ... R-1 in order (rows of grad_z and z `stride` apart): one segment of R rows of the
-// backward where eps is read back from z (kZBlock).  Two rows at a time halve the traffic of the
-// sums (same sums, bitwise).
+// backward where eps is read back from z (kZBlock).  R rows at a time cut the traffic of the sums
+// R-fold and keep 2R streams in flight (same sums, bitwise).
 template <class D, int R>
 VK_INLINE void from_z(const typename D::S* grad_z, const typename D::S* z, int64_t stride, const typename D::C* mu,
                       typename D::C* sum_g, typename D::C* acc, int64_t len) {
@@ -475,6 +559,18 @@ VK_INLINE void from_z(const typename D::S* grad_z, const typename D::S* z, int64
     }
 }
 
+template <class D>
+VK_INLINE void from_z_rows(int64_t rows, const typename D::S* grad_z, const typename D::S* z, int64_t stride,
+                           const typename D::C* mu, typename D::C* sum_g, typename D::C* acc, int64_t len) {
+  static_assert(kZRows == 4, "from_z_rows dispatches 1 ... 4 rows");
+  switch (rows) {
+    case 4: return from_z<D, 4>(grad_z, z, stride, mu, sum_g, acc, len);
+    case 3: return from_z<D, 3>(grad_z, z, stride, mu, sum_g, acc, len);
+    case 2: return from_z<D, 2>(grad_z, z, stride, mu, sum_g, acc, len);
+    default: return from_z<D, 1>(grad_z, z, stride, mu, sum_g, acc, len);
+  }
+}
+
 // z, mu: null, or the forward's output and input (then eps is read back from z where kZBlock
 // allows; float32 / float64 only, the caller's choice).  Per column the sums run over j in order
 // whichever way eps comes, so the results do not depend on the number of threads.
@@ -488,13 +584,11 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
   const StreamKey key(seed);
   run_tiles(plan.nchunks, plan.threads, [&](int64_t item) {
     const int64_t i0 = item * plan.chunk, cols = min64(plan.chunk, n - i0);
-    // sum_g, acc: sums over j, in order j = 0, 1, ...  The 4 arrays of the tile live in a buffer
-    // per thread (up to 256 KB: too much for some threads' stacks; a fresh allocation per call
-    // can be fresh pages from the kernel, ~10 us at small sizes).
-    C* const sum_g = thread_buffer<C>(4 * kBwdCap);
-    C* const acc = sum_g + kBwdCap;
-    C* const sigma = acc + kBwdCap;
-    C* const mu_c = sigma + kBwdCap;
+    BwdScratch<C>& scratch = thread_scratch<BwdScratch<C>>();  // 640 KB (float64)
+    C* const sum_g = scratch.sum_g;
+    C* const acc = scratch.acc;
+    C* const sigma = scratch.sigma;
+    C* const mu_c = scratch.mu;
     bool use_z[kBwdCap / kZBlock];  // per block of the tile (tiles start at multiples of kZBlock)
     const int64_t nblocks = ceil_div(cols, kZBlock);
     // Separate, branch-free loops, so that they vectorize.
@@ -514,18 +608,16 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
     // -0 is the exact identity of IEEE addition (+0 would turn a sum of -0 terms into +0).
     for (int64_t t = 0; t < cols; ++t) sum_g[t] = acc[t] = -0.0;
     if (plan.rows_per_step == 1 || any_z) {
-      // Two rows a step (one at the end); each in runs of blocks that take eps the same way.
-      for (int64_t j = 0; j < k; j += 2) {
-        const int64_t rows = min64(2, k - j);
+      // kZRows rows a step (fewer at the end); each in runs of blocks that take eps the same way.
+      for (int64_t j = 0; j < k; j += kZRows) {
+        const int64_t rows = min64(kZRows, k - j);
         for (int64_t b = 0; b < nblocks;) {
           int64_t b1 = b + 1;
           while (b1 < nblocks && use_z[b1] == use_z[b]) ++b1;
           const int64_t t0 = b * kZBlock, len = min64(cols, b1 * kZBlock) - t0;
           const int64_t at = j * n + i0 + t0;  // element (j, i0 + t0)
-          if (use_z[b] && rows == 2) {
-            from_z<D, 2>(grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len);
-          } else if (use_z[b]) {
-            from_z<D, 1>(grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len);
+          if (use_z[b]) {
+            from_z_rows<D>(rows, grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len);
           } else {
             for (int64_t r = 0; r < rows; ++r) {  // fused: from registers into the sums
               BwdSink<D> sink{grad_z + at + r * n, sum_g + t0, acc + t0};
@@ -539,7 +631,7 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
         }
       }
     } else {  // several whole (short) rows a step: one stretch of the stream, then row by row
-      alignas(64) float buf[kBwdCap];
+      float* const buf = scratch.normals;
       for (int64_t j = 0; j < k; j += plan.rows_per_step) {
         const int64_t rows = min64(plan.rows_per_step, k - j), jn = j + rows;
         const S* const next = jn < k ? grad_z + jn * n + i0 : nullptr;  // the next step's grad_z
