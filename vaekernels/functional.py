@@ -62,7 +62,7 @@ def reparameterize(
     Backward keeps nothing of size K*B*D: eps is regenerated from the seed -- or, on the cpu
     backend in plain eager mode (float32/float64), read back from z as ``(z - mu) / sigma`` while
     z is alive and unmodified, in the blocks of columns where that is exact enough
-    (``|mu| <= 8 sigma``), which costs less than regenerating it (vaekernels/ops/reparameterize.py).
+    (``|mu| <= 16 sigma``), which costs less than regenerating it (vaekernels/ops/reparameterize.py).
     Element ``e`` of z viewed as a row-major ``[K, mu.numel()]`` array is normal ``e`` of the
     stream (docs/random.md), on every backend.
     """

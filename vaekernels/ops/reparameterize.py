@@ -11,9 +11,10 @@ reads dz.
 
 One exception, on the cpu backend in plain eager execution (the eager twin below), float32 and
 float64, z of at least READ_BACK_MIN elements: when z is still alive at backward time and
-unmodified (same version, storage and layout), the kernel reads eps back from it, dlogvar = 0.5 * sum_k dz_k * (z_k - mu), in the blocks
-of columns where that is exact enough (|mu| <= 8 sigma: at most ~3 bits of eps lost in float32;
-csrc/cpu/reparameterize.cpp, kZBlock) and regenerates eps elsewhere.  Streaming z beside dz
+unmodified (same version, storage and layout), the kernel reads eps back from it,
+dlogvar = 0.5 * sum_k dz_k * (z_k - mu), in the blocks of columns where that is exact enough
+(|mu| <= 16 sigma: ~4 bits of eps lost in float32; csrc/cpu/reparameterize.cpp, kZBlock) and
+regenerates eps elsewhere.  Streaming z beside dz
 costs less than a second run of the generator on the CPU (at (4096, 256, 64), 2 threads:
 ~17-19 ms against ~24-29 ms).  The twin holds only a weak reference to z, so backward still keeps
 nothing of size K*B*D alive, and an in-place change of z after the forward is seen (its version)
