@@ -432,6 +432,14 @@ struct BwdSink {
   }
 };
 
+// Hands eps[0 .. count) (a buffer) to sink: whole vectors, then single normals.
+template <class Sink>
+VK_INLINE void feed(Sink& sink, const float* eps, int64_t count) {
+  int64_t t = 0;
+  for (; t + kLanes <= count; t += kLanes) sink.vec(t, loadu<vf>(eps + t));
+  for (; t < count; ++t) sink.one(t, eps[t]);
+}
+
 // Tiles: columns [c*chunk, min(n, (c+1)*chunk)) for c < nchunks.  A tile that holds whole rows
 // (chunk == n) generates rows_per_step rows at a time, so small n still fills the buffer.
 struct Plan {
@@ -454,7 +462,7 @@ Plan make_plan(int64_t n, int64_t k, int num_threads, int64_t cap) {
   // Multiples of 64 columns: tiles start group-aligned whenever n % 4 == 0.
   p.chunk = nchunks == 1 ? n : ceil_div(ceil_div(n, nchunks), 64) * 64;
   p.nchunks = ceil_div(n, p.chunk);
-  p.rows_per_step = p.chunk == n ? max64(1, cap / n) : 1;
+  p.rows_per_step = p.chunk == n ? max64(1, min64(k, cap / n)) : 1;
   return p;
 }
 
@@ -506,7 +514,7 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
         for_normals<true>(key, e0, rows * n, sink, next, next_bytes);
         for (int64_t r = 0; r < rows; ++r) {
           FwdSink<D, false> row{z + (j + r) * n, mu_c, sigma};
-          for (int64_t t = 0; t < n; ++t) row.one(t, buf[r * n + t]);
+          feed(row, buf + r * n, n);
         }
       }
     }
@@ -644,15 +652,19 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
         for_normals<false>(key, static_cast<uint64_t>(j * n + i0), rows * n, sink, next, next_bytes);
         for (int64_t r = 0; r < rows; ++r) {
           BwdSink<D> row{grad_z + (j + r) * n, sum_g, acc};
-          for (int64_t t = 0; t < n; ++t) row.one(t, buf[r * n + t]);
+          feed(row, buf + r * n, n);
         }
       }
     }
-    for (int64_t t = 0; t < cols; ++t) {
-      grad_mu[i0 + t] = D::store(sum_g[t]);
-      // acc: sum grad_z * (z - mu) = sigma * sum grad_z * eps where eps came from z.
-      const C scale = use_z[t / kZBlock] ? static_cast<C>(0.5) : static_cast<C>(0.5) * sigma[t];
-      grad_logvar[i0 + t] = D::store(scale * acc[t]);
+    for (int64_t t = 0; t < cols; ++t) grad_mu[i0 + t] = D::store(sum_g[t]);
+    if (any_z) {
+      for (int64_t t = 0; t < cols; ++t) {
+        // acc: sum grad_z * (z - mu) = sigma * sum grad_z * eps where eps came from z.
+        const C scale = use_z[t / kZBlock] ? static_cast<C>(0.5) : static_cast<C>(0.5) * sigma[t];
+        grad_logvar[i0 + t] = D::store(scale * acc[t]);
+      }
+    } else {  // the same, in a loop that vectorizes
+      for (int64_t t = 0; t < cols; ++t) grad_logvar[i0 + t] = D::store(static_cast<C>(0.5) * sigma[t] * acc[t]);
     }
   });
 }
