@@ -403,7 +403,7 @@ PYBIND11_MODULE(_C, m) {
     info["max_threads"] = 1;
 #endif
     info["sanitize"] = static_cast<bool>(VK_SANITIZE);
-    info["reparameterize_stream_min_bytes"] = cpu::kStreamMinBytes;
+    info["stream_min_bytes"] = cpu::kStreamMinBytes;
     return info;
   });
 }

@@ -228,11 +228,11 @@ def stream_eps():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_cpu_forward_streams_large_z(dtype, stream_eps):
-    """z of at least reparameterize_stream_min_bytes (64 MiB) is written with streaming stores
+    """z of at least build_info()["stream_min_bytes"] (32 MiB) is written with streaming stores
     (plain ones where a vector is not aligned): every element of the first 64 rows against the
     float64 oracle, and three later rows where z has more."""
     from vaekernels import backends
-    min_bytes = backends.module("cpu").build_info()["reparameterize_stream_min_bytes"]
+    min_bytes = backends.module("cpu").build_info()["stream_min_bytes"]
     n, itemsize = STREAM_N, torch.empty(0, dtype=dtype).element_size()
     k = -(-min_bytes // (n * itemsize))
     mu, lv = inputs((n,), dtype, "cpu", seed=3)

@@ -15,6 +15,7 @@
 
 #include <utility>
 
+#include "cpu/kernels.h"
 #include "cpu/vecmath.h"
 #include "vaekernels/dtype.h"
 
@@ -55,31 +56,111 @@ class Buffer {
   int64_t size_;
 };
 
+// Unaligned vector loads and stores.
+template <class V, class T>
+VK_INLINE V loadu(const T* p) {
+  V v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V, class T>
+VK_INLINE void storeu(T* p, const V& v) {
+  memcpy(p, &v, sizeof v);
+}
+
+// Non-temporal (streaming) stores: the line goes to memory without first being read into the
+// cache, and the cache keeps what it holds.  kStreamV: the widest such store of the ISA (bytes).
+#if defined(__AVX512F__)
+constexpr int64_t kStreamV = 64;
+#elif defined(__AVX__)
+constexpr int64_t kStreamV = 32;
+#elif defined(__SSE2__)
+constexpr int64_t kStreamV = 16;
+#else
+constexpr int64_t kStreamV = 1;  // none: plain stores
+#endif
+
+// One streaming store of kBytes (16, 32 or 64 up to kStreamV) at p, aligned to kBytes.
+template <int64_t kBytes>
+VK_INLINE void stream_store(char* p, const char* from) {
+  static_assert(kBytes <= kStreamV && (kBytes == 16 || kBytes == 32 || kBytes == 64), "no such streaming store");
+#if defined(__AVX512F__)
+  if constexpr (kBytes == 64) return _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_loadu_si512(from));
+#endif
+#if defined(__AVX__)
+  if constexpr (kBytes == 32)
+    return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from)));
+#endif
+#if defined(__SSE2__)
+  if constexpr (kBytes == 16)
+    return _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm_loadu_si128(reinterpret_cast<const __m128i*>(from)));
+#endif
+}
+
+// The vector v at p by streaming stores of min(sizeof v, kStreamV) bytes where p is aligned to
+// that; else (and without streaming stores, or for vectors under 16 bytes) a plain store.
+template <class V, class T>
+VK_INLINE void storeu_stream(T* p, const V& v) {
+  constexpr int64_t chunk = static_cast<int64_t>(sizeof v) < kStreamV ? static_cast<int64_t>(sizeof v) : kStreamV;
+  if constexpr (chunk < 16) {
+    storeu(p, v);
+  } else {
+    if (reinterpret_cast<uintptr_t>(p) % chunk != 0) return storeu(p, v);
+    for (int64_t o = 0; o < static_cast<int64_t>(sizeof v); o += chunk)
+      stream_store<chunk>(reinterpret_cast<char*>(p) + o, reinterpret_cast<const char*>(&v) + o);
+  }
+}
+
+typedef uint16_t vh __attribute__((vector_size(2 * kLanes)));  // kLanes 16-bit values
+typedef double vd __attribute__((vector_size(8 * kLanes)));    // kLanes doubles
+
 // Storage type S and compute type C: float32 arithmetic for the 16-bit types (converted with
-// round to nearest even on the way out), float64 for float64.
+// round to nearest even on the way out), float64 for float64 (float32 values promoted).
+// load / store: one element; vload / vstore: kLanes elements as CV (kLanes C), vstream: vstore by
+// streaming stores (storeu_stream).
 struct F32 {
   using S = float;
   using C = float;
+  using CV = vf;
   static VK_INLINE C load(S x) { return x; }
   static VK_INLINE S store(C x) { return x; }
+  static VK_INLINE CV vload(const S* p) { return loadu<vf>(p); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
+  static VK_INLINE void vstream(S* p, const CV& x) { storeu_stream(p, x); }
 };
 struct F16 {
   using S = uint16_t;
   using C = float;
+  using CV = vf;
   static VK_INLINE C load(S x) { return half_to_float<float>(uint32_t{x}); }
   static VK_INLINE S store(C x) { return static_cast<S>(float_to_half<uint32_t>(x)); }
+  static VK_INLINE CV vload(const S* p) { return half_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_half<vu>(x), vh)); }
+  static VK_INLINE void vstream(S* p, const CV& x) {
+    storeu_stream(p, __builtin_convertvector(float_to_half<vu>(x), vh));
+  }
 };
 struct BF16 {
   using S = uint16_t;
   using C = float;
+  using CV = vf;
   static VK_INLINE C load(S x) { return bf16_to_float<float>(uint32_t{x}); }
   static VK_INLINE S store(C x) { return static_cast<S>(float_to_bf16<uint32_t>(x)); }
+  static VK_INLINE CV vload(const S* p) { return bf16_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_bf16<vu>(x), vh)); }
+  static VK_INLINE void vstream(S* p, const CV& x) {
+    storeu_stream(p, __builtin_convertvector(float_to_bf16<vu>(x), vh));
+  }
 };
 struct F64 {
   using S = double;
   using C = double;
+  using CV = vd;
   static VK_INLINE C load(S x) { return x; }
   static VK_INLINE S store(C x) { return x; }
+  static VK_INLINE CV vload(const S* p) { return loadu<vd>(p); }
+  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
+  static VK_INLINE void vstream(S* p, const CV& x) { storeu_stream(p, x); }
 };
 
 // fn(F32{}) / fn(F16{}) / ... for a dtype code of vaekernels/dtype.h (unknown codes: nothing;
@@ -220,11 +301,11 @@ VK_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
 // sample k) hides more of the memory latency than one (backward: 38 ms instead of 42, 1 thread).
 constexpr int64_t kPrefetchAhead = 2;
 
-// Whether an output of `bytes` in all is written with non-temporal stores (stream_bytes): only
-// one past the last-level cache (32 MiB here).  A smaller one stays in cache for its reader, and
-// streaming it out to DRAM made the pass depend on DRAM: gaussian_log_prob's backward at
-// (8, 1024, 64), 2 MB of grad_z, ran 620-650 us (median) with them, 250-310 us without.
-constexpr int64_t kStreamMinBytes = int64_t{32} << 20;
+// Whether an output of `bytes` in all is written with non-temporal stores (stream_bytes,
+// storeu_stream): only one past the last-level cache (kStreamMinBytes, kernels.h: 32 MiB, this
+// machine's L3).  A smaller one stays in cache for its reader, and streaming it out to DRAM made
+// the pass depend on DRAM: gaussian_log_prob's backward at (8, 1024, 64), 2 MB of grad_z, ran
+// 620-650 us (median) with them, 250-310 us without.
 VK_INLINE bool streams(int64_t bytes) { return bytes >= kStreamMinBytes; }
 
 // Copies `bytes` from src (a row just computed, in L1) to dst; with nt (streams() of the whole
@@ -239,29 +320,12 @@ VK_INLINE void stream_bytes(void* dst, const void* src, int64_t bytes, bool nt) 
     memcpy(d, s, bytes);
     return;
   }
-#if defined(__AVX512F__)
-  constexpr int64_t kV = 64;
-#elif defined(__AVX__)
-  constexpr int64_t kV = 32;
-#elif defined(__SSE2__)
-  constexpr int64_t kV = 16;
-#else
-  constexpr int64_t kV = 1;
-#endif
+  constexpr int64_t kV = kStreamV;
   const int64_t head = min64(bytes, (kV - static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % kV)) % kV);
   memcpy(d, s, head);
   d += head, s += head, bytes -= head;
-#if defined(__SSE2__)
-  for (; bytes >= kV; bytes -= kV, d += kV, s += kV) {
-#if defined(__AVX512F__)
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
-#elif defined(__AVX__)
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
-#else
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-#endif
-  }
-#endif
+  if constexpr (kV >= 16)
+    for (; bytes >= kV; bytes -= kV, d += kV, s += kV) stream_store<kV>(d, s);
   memcpy(d, s, bytes);
 }
 

@@ -74,9 +74,10 @@
 
 namespace vaekernels {
 namespace cpu {
-// reparameterize_fwd writes z of at least this many bytes with streaming stores (reparameterize.cpp);
-// build_info() reports it, so the tests can reach that path.
-constexpr int64_t kStreamMinBytes = int64_t{64} << 20;
+// Outputs of at least this many bytes in all are written with non-temporal stores (common.h,
+// streams()): reparameterize's z, the grad_z of gaussian_log_prob and iwae_bound.  build_info()
+// reports it, so the tests can reach those paths.
+constexpr int64_t kStreamMinBytes = int64_t{32} << 20;
 namespace generic {
 VK_CPU_KERNEL_DECLS
 }

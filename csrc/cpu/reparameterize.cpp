@@ -18,17 +18,13 @@
 // computes sigma for its columns once, then walks its rows.  The backward splits over columns
 // only and adds over j in order, so its results do not depend on the number of threads (nor do
 // the forward's).
-#include "cpu/kernels.h"
-#include "cpu/vecmath.h"
-#include "vaekernels/dtype.h"
-#include "vaekernels/philox.h"
-
 #include <string.h>
 
 #include <memory>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "cpu/common.h"
+#include "cpu/kernels.h"
+#include "vaekernels/philox.h"
 
 namespace vaekernels {
 namespace cpu {
@@ -46,11 +42,10 @@ constexpr int kBlock = 4 * kLanes;       // normals per generated block (kLanes 
 constexpr int kBlocksPerStep = 2;
 constexpr int64_t kCap = 2048;           // most columns per tile, most normals per step
 constexpr int64_t kMinChunk = 256;       // fewest columns per tile when tiles are split for threads
-constexpr int64_t kSerialBelow = 32768;  // k*n below this runs on the calling thread, no fork
-// The forward writes z of at least kStreamMinBytes (kernels.h: 64 MiB) with streaming stores: so
-// large a z cannot stay in the cache for its reader anyway, and they save the read of each line
-// before its write.  (4096, 256, 64) float32, 2 threads, median of 15 interleaved: 27.7 -> 25.9 ms
-// (generation alone: 23.6).
+// The forward writes a z past the last-level cache (common.h, streams()) with streaming stores:
+// so large a z cannot stay in the cache for its reader anyway, and they save the read of each
+// line before its write.  (4096, 256, 64) float32, 2 threads, median of 15 interleaved:
+// 27.7 -> 25.9 ms (generation alone: 23.6).
 
 // The backward reads eps back from z, as (z - mu) / sigma, for each block of kZBlock columns
 // (counted from column 0, so the choice does not depend on the tiling or the thread count) whose
@@ -80,9 +75,6 @@ constexpr int kZRows = 4;
 constexpr double kZRatio = 16;
 constexpr double kZMaxSigma = 0x1p64;  // so that z = mu + sigma * eps stays finite
 
-VK_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-VK_INLINE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-VK_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Float lane l of a block carries group lane_group(l) of the block: then transpose4 of the four
 // Box-Muller outputs leaves the normals in stream order (output vector m: groups m*kLanes/4 ...).
@@ -278,121 +270,12 @@ void for_normals(const StreamKey& key, uint64_t e0, int64_t count, Sink& sink, c
     for_normals_impl<kWrite, false>(key, e0, count, sink, next, next_bytes);
 }
 
-// Unaligned vector loads and stores.
-template <class V, class T>
-VK_INLINE V loadu(const T* p) {
-  V v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class V, class T>
-VK_INLINE void storeu(T* p, const V& v) {
-  memcpy(p, &v, sizeof v);
-}
-
-// Non-temporal (streaming) store of v at p: the line goes to memory without first being read into
-// the cache, and the cache keeps what it holds.  p must be aligned to min(sizeof v, the widest
-// streaming store); else, and where the ISA has none, a plain store.  Weakly ordered: sfence after.
-#if defined(__AVX512F__)
-constexpr size_t kStreamBytes = 64;
-#elif defined(__AVX__)
-constexpr size_t kStreamBytes = 32;
-#elif defined(__SSE2__)
-constexpr size_t kStreamBytes = 16;
-#else
-constexpr size_t kStreamBytes = 0;
-#endif
-template <size_t kBytes>
-VK_INLINE void stream_chunk(char* p, const char* from) {
-#if defined(__AVX512F__)
-  if constexpr (kBytes == 64) {
-    __m512i x;
-    memcpy(&x, from, 64);
-    return _mm512_stream_si512(reinterpret_cast<__m512i*>(p), x);
-  }
-#endif
-#if defined(__AVX__)
-  if constexpr (kBytes == 32) {
-    __m256i x;
-    memcpy(&x, from, 32);
-    return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x);
-  }
-#endif
-#if defined(__SSE2__)
-  if constexpr (kBytes == 16) {
-    __m128i x;
-    memcpy(&x, from, 16);
-    return _mm_stream_si128(reinterpret_cast<__m128i*>(p), x);
-  }
-#endif
-  memcpy(p, from, kBytes);
-}
-template <class V, class T>
-VK_INLINE void store_stream(T* p, const V& v) {
-  constexpr size_t chunk = sizeof v < kStreamBytes ? sizeof v : kStreamBytes;
-  if (chunk < 16 || reinterpret_cast<uintptr_t>(p) % chunk != 0) return storeu(p, v);
-  for (size_t o = 0; o < sizeof v; o += chunk)
-    stream_chunk<chunk>(reinterpret_cast<char*>(p) + o, reinterpret_cast<const char*>(&v) + o);
-}
-VK_INLINE void store_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
-typedef uint16_t vh __attribute__((vector_size(2 * kLanes)));  // kLanes 16-bit values
-typedef double vd __attribute__((vector_size(8 * kLanes)));    // kLanes doubles
-
-// Storage types S and the types the arithmetic runs in (C, and CV for kLanes of them): float32
-// for the 16-bit types (converted with round to nearest even), float64 for float64 (the float32
-// normals promoted).  load / store: one element; vload / vstore: kLanes elements.
-struct F32 {
-  using S = float;
-  using C = float;
-  using CV = vf;
-  static VK_INLINE C load(S x) { return x; }
-  static VK_INLINE S store(C x) { return x; }
-  static VK_INLINE CV vload(const S* p) { return loadu<vf>(p); }
-  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
-  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, x); }
-};
-struct F16 {
-  using S = uint16_t;
-  using C = float;
-  using CV = vf;
-  static VK_INLINE C load(S x) { return half_to_float<float>(uint32_t{x}); }
-  static VK_INLINE S store(C x) { return static_cast<S>(float_to_half<uint32_t>(x)); }
-  static VK_INLINE CV vload(const S* p) { return half_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
-  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_half<vu>(x), vh)); }
-  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, __builtin_convertvector(float_to_half<vu>(x), vh)); }
-};
-struct BF16 {
-  using S = uint16_t;
-  using C = float;
-  using CV = vf;
-  static VK_INLINE C load(S x) { return bf16_to_float<float>(uint32_t{x}); }
-  static VK_INLINE S store(C x) { return static_cast<S>(float_to_bf16<uint32_t>(x)); }
-  static VK_INLINE CV vload(const S* p) { return bf16_to_float<vf>(__builtin_convertvector(loadu<vh>(p), vu)); }
-  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, __builtin_convertvector(float_to_bf16<vu>(x), vh)); }
-  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, __builtin_convertvector(float_to_bf16<vu>(x), vh)); }
-};
-struct F64 {
-  using S = double;
-  using C = double;
-  using CV = vd;
-  static VK_INLINE C load(S x) { return x; }
-  static VK_INLINE S store(C x) { return x; }
-  static VK_INLINE CV vload(const S* p) { return loadu<vd>(p); }
-  static VK_INLINE void vstore(S* p, const CV& x) { storeu(p, x); }
-  static VK_INLINE void vstream(S* p, const CV& x) { store_stream(p, x); }
-};
-
 VK_INLINE float sigma_of(float logvar) { return exp_f32(0.5f * logvar); }
 VK_INLINE double sigma_of(double logvar) { return __builtin_exp(0.5 * logvar); }
 
 // z[t] = mu[t] + sigma[t] * eps(e0 + t): one row segment of the forward (mu, sigma: its columns,
 // in the compute type).  The product and sum fuse to one fma where the ISA has FMA, in vec and
-// one alike.  kStream: whole vectors go to z with streaming stores (kStreamMinBytes).
+// one alike.  kStream: whole vectors go to z with streaming stores (streams()).
 template <class D, bool kStream>
 struct FwdSink {
   using S = typename D::S;
@@ -449,12 +332,7 @@ struct Plan {
 
 Plan make_plan(int64_t n, int64_t k, int num_threads, int64_t cap) {
   Plan p;
-  p.threads = 1;
-#ifdef _OPENMP
-  if (n * k >= kSerialBelow) p.threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-#else
-  (void)num_threads;
-#endif
+  p.threads = threads_for(n * k, num_threads);
   // Column tiles of at most cap columns, their count rounded up to a multiple of the thread
   // count (the backward cannot split rows; static schedule) as far as kMinChunk columns allow.
   const int64_t fewest = ceil_div(n, cap);
@@ -488,7 +366,7 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
   // for balance; each row block recomputes the sigma of its columns).
   const int64_t jblocks = plan.threads == 1 ? 1 : min64(k, max64(1, ceil_div(4 * plan.threads, plan.nchunks)));
   const int64_t jblock = ceil_div(k, jblocks);
-  const bool stream = n * k * static_cast<int64_t>(sizeof(S)) >= kStreamMinBytes;
+  const bool stream = streams(n * k * static_cast<int64_t>(sizeof(S)));
   run_tiles(plan.nchunks * jblocks, plan.threads, [&](int64_t item) {
     const int64_t i0 = (item % plan.nchunks) * plan.chunk, cols = min64(plan.chunk, n - i0);
     const int64_t j0 = (item / plan.nchunks) * jblock, j1 = min64(k, j0 + jblock);
@@ -518,7 +396,7 @@ void fwd(const typename D::S* mu, const typename D::S* logvar, uint64_t seed, ty
         }
       }
     }
-    if (stream) store_fence();  // the streaming stores visible before the threads join
+    if (stream) stream_fence();  // the streaming stores visible before the threads join
   });
 }
 
