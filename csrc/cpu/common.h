@@ -88,12 +88,16 @@ VK_INLINE void stream_store(char* p, const char* from) {
   if constexpr (kBytes == 64) return _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_loadu_si512(from));
 #endif
 #if defined(__AVX__)
-  if constexpr (kBytes == 32)
-    return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from)));
+  if constexpr (kBytes == 32) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from));
+    return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), x);
+  }
 #endif
 #if defined(__SSE2__)
-  if constexpr (kBytes == 16)
-    return _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm_loadu_si128(reinterpret_cast<const __m128i*>(from)));
+  if constexpr (kBytes == 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(from));
+    return _mm_stream_si128(reinterpret_cast<__m128i*>(p), x);
+  }
 #endif
 }
 

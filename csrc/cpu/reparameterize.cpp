@@ -45,7 +45,7 @@ constexpr int64_t kMinChunk = 256;       // fewest columns per tile when tiles a
 // The forward writes a z past the last-level cache (common.h, streams()) with streaming stores:
 // so large a z cannot stay in the cache for its reader anyway, and they save the read of each
 // line before its write.  (4096, 256, 64) float32, 2 threads, median of 15 interleaved:
-// 27.7 -> 25.9 ms (generation alone: 23.6).
+// 27.7 -> 25.9 ms (generation alone: 23.6); the write prefetch of the next row is off there.
 
 // The backward reads eps back from z, as (z - mu) / sigma, for each block of kZBlock columns
 // (counted from column 0, so the choice does not depend on the tiling or the thread count) whose
@@ -53,8 +53,9 @@ constexpr int64_t kMinChunk = 256;       // fewest columns per tile when tiles a
 // z = mu + sigma * eps rounded once and z - mu rounded once give (z - mu) / sigma = eps + d with
 // |d| <= u (|mu| / sigma + 2 |eps|) <= u (kZRatio + 2 |eps|), u the unit roundoff of z's type --
 // ~4 bits of eps lost in float32 (18 u at |eps| = 1), none that matter in float64 (16-bit z:
-// never read; its unit roundoff would lose every digit).  Where sigma << |mu| the quotient would lose every
-// digit, so those blocks regenerate eps (exact), as do NaN / inf columns (the test fails).
+// never read; its unit roundoff would lose every digit).  Where sigma << |mu| the quotient would
+// lose every digit, so those blocks regenerate eps (exact), as do NaN / inf columns (the test
+// fails).
 // Why read z at all: the backward then streams grad_z and z from memory (both ~268 MB at
 // (4096, 256, 64): 17-19 ms on 2 threads here) instead of running the generator again
 // (24-29 ms) -- when the reads stream well: kZRows rows a step in column tiles of kBwdCap (128 KB
@@ -74,7 +75,6 @@ constexpr int kZRows = 4;
 // of a float32 -- far below the Monte Carlo noise of the gradient it feeds).
 constexpr double kZRatio = 16;
 constexpr double kZMaxSigma = 0x1p64;  // so that z = mu + sigma * eps stays finite
-
 
 // Float lane l of a block carries group lane_group(l) of the block: then transpose4 of the four
 // Box-Muller outputs leaves the normals in stream order (output vector m: groups m*kLanes/4 ...).
@@ -474,7 +474,7 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
   const StreamKey key(seed);
   run_tiles(plan.nchunks, plan.threads, [&](int64_t item) {
     const int64_t i0 = item * plan.chunk, cols = min64(plan.chunk, n - i0);
-    BwdScratch<C>& scratch = thread_scratch<BwdScratch<C>>();  // 640 KB (float64)
+    BwdScratch<C>& scratch = thread_scratch<BwdScratch<C>>();  // 640 KB (float32), 1.1 MB (float64)
     C* const sum_g = scratch.sum_g;
     C* const acc = scratch.acc;
     C* const sigma = scratch.sigma;
