@@ -151,6 +151,25 @@ def test_matches_float64_oracle(device, backend, prior, alpha):
             check_backward(ins, grads, g, alpha, dtype, what=what, naive=backend == "reference")
 
 
+@pytest.mark.parametrize("prior", ("none", "BD"))
+@pytest.mark.parametrize("alpha", (0.0, 1.0))
+def test_cpu_blocks_and_sample_steps(prior, alpha):
+    """The cpu kernels over 3 blocks of examples (32 a task) and samples taken 4 + 4 + 1 a step by
+    the forward (kSamplesAtOnce): float32 and float64 against the oracle, as above."""
+    k, b, d = 9, 70, 37
+    for dtype in (torch.float32, torch.float64):
+        ins = make(k, b, d, prior, dtype, seed=k + d)
+        g = randn((b,), 7) + 1.5
+        bound, w, grads = run(ins, alpha, "cpu", g)
+        lw = oracle_lw(*f64(ins))
+        tol = tolerances(ins, alpha, g)
+        what = f"{dtype} {(k, b, d)}"
+        assert_within(bound, oracle_bound(lw, alpha), tol["bound"] + 1e-6, f"{what} bound")
+        ref_w = torch.full_like(lw, 1 / k) if alpha == 1 else torch.softmax((1 - alpha) * lw, 0)
+        assert_within(w, ref_w, ref_w * tol["w_rel"] + 1e-7, f"{what} weights")
+        check_backward(ins, grads, g, alpha, dtype, what=what)
+
+
 @pytest.mark.parametrize("device,backend", ALL_CASES)
 def test_reductions(device, backend):
     require(backend, device)

@@ -21,12 +21,12 @@
 //   gradients are summed over b.)  A sample with c = 0 is skipped: its rows are exact zeros
 //   even where its log w is -inf (0 * inf would be NaN).
 //
-// Work split: blocks of kBlockB consecutive examples (B order), each a task that walks k and,
-// for each k, the block's rows z[k, b0 .. b0 + nb) -- one contiguous stretch of memory -- while
+// Work split: blocks of kBlockB consecutive examples (B order), each a task that walks k and, for
+// each k, the block's rows z[k, b0 .. b0 + nb) -- one contiguous stretch of memory -- while
 // prefetching the same rows of sample k + 2 (2B rows further: too far for the hardware
-// prefetcher).  Every example's arithmetic is the same whichever thread runs it, and a [D]
-// prior's gradient is summed per block, then over blocks in block order: results do not depend
-// on the thread count.
+// prefetcher); the forward takes kSamplesAtOnce samples a step.  Every example's arithmetic is
+// the same whichever thread runs it, and a [D] prior's gradient is summed per block, then over
+// blocks in block order: results do not depend on the thread count.
 #include <string.h>
 
 
@@ -40,6 +40,14 @@ namespace VK_CPU_ISA {
 namespace {
 
 constexpr int64_t kBlockB = 32;  // examples per task (their rows of one sample: 32 KB of z at D = 256)
+// Samples the forward walks side by side: row j of samples k ... k + 3 in turn, so that 4
+// stretches of z (4 x 32 KB at D = 256, B rows apart) stream at once -- the hardware prefetchers
+// follow each -- while the same rows of the next 4 samples are prefetched; the online sums still
+// take k in order.  (4096, 256, 64), 2 threads, kernel alone, median of 15 interleaved: 12.4 ->
+// 10.8 and 13.5 -> 12.1 ms (a dot product over z: 8.0 - 8.6).  The backward (reads z, streams
+// grad_z out) walked the same way measured no faster (24.9 -> 26.5, 31.1 -> 30.5 ms): one sample
+// a step there.
+constexpr int64_t kSamplesAtOnce = 4;
 
 template <class D>
 struct IwaeArgs {
@@ -110,36 +118,41 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
       // Online state per example: (m, s) of logsumexp_k r_k, or s = sum_k lw_k for alpha = 1.
       C m[kBlockB], s[kBlockB], lse[kBlockB], y[kBlockB];
       for (int64_t j = 0; j < kBlockB; ++j) m[j] = -inf, s[j] = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        C* wk = weight + k * B + b0;  // log w first; normalized in place below
-        const C* lk = lpx + k * B + b0;
+      for (int64_t k0 = 0; k0 < K; k0 += kSamplesAtOnce) {
+        const int64_t k1 = min64(K, k0 + kSamplesAtOnce);
         for (int64_t j = 0; j < nb; ++j) {
-          const typename D::S* zr = a.z + (k * B + b0 + j) * d;
-          if (k + kPrefetchAhead < K) prefetch_bytes(zr + kPrefetchAhead * B * d, d * sizeof(*zr));  // of sample k + 2
           const C* mj = st.m.data() + j * d;
           const C* iqj = st.iq.data() + j * d;
           const C* pmj = st.pm.data() + j * d;
           const C* ipj = st.ip.data() + j * d;
-          // sum_d (z - pm)^2 ip - (z - mu)^2 iq, float32 (float64) lanes, fixed order.
-          const C quad = row_sum<C>(d, [&](int64_t i) {
-            const C x = D::load(zr[i]);
-            const C u = x - mj[i];
-            const C v = kPrior ? x - pmj[i] : x;
-            return kPrior ? v * v * ipj[i] - u * u * iqj[i] : v * v - u * u * iqj[i];
-          });
-          wk[j] = lk[j] - st.half_dlv[j] - C(0.5) * quad;
+          for (int64_t k = k0; k < k1; ++k) {
+            const int64_t row = k * B + b0 + j;
+            const typename D::S* zr = a.z + row * d;
+            if (k + kSamplesAtOnce < K) prefetch_bytes(zr + kSamplesAtOnce * B * d, d * sizeof(*zr));
+            // sum_d (z - pm)^2 ip - (z - mu)^2 iq, float32 (float64) lanes, fixed order.
+            const C quad = row_sum<C>(d, [&](int64_t i) {
+              const C x = D::load(zr[i]);
+              const C u = x - mj[i];
+              const C v = kPrior ? x - pmj[i] : x;
+              return kPrior ? v * v * ipj[i] - u * u * iqj[i] : v * v - u * u * iqj[i];
+            });
+            weight[row] = lpx[row] - st.half_dlv[j] - C(0.5) * quad;  // log w first; normalized below
+          }
         }
-        if (rb.elbo) {
-          for (int64_t j = 0; j < nb; ++j) s[j] += wk[j];
-        } else {
-          // wk keeps r = (1 - alpha) log w as rounded here, and the weights below are exp(r - L)
-          // of that very r (renyi_weight): forming (1 - alpha) log w - L again let gcc fuse it
-          // into one fma with the unrounded product, which un-normalized the weights (K = 1,
-          // alpha = 0.3, log w = -1e10: weight inf).
-          for (int64_t j = 0; j < nb; ++j) {
-            const C r = one_minus * wk[j];
-            wk[j] = r;
-            lse_merge(m[j], s[j], r, C(1), ExpC{});
+        for (int64_t k = k0; k < k1; ++k) {  // the online sums, in k order
+          C* wk = weight + k * B + b0;
+          if (rb.elbo) {
+            for (int64_t j = 0; j < nb; ++j) s[j] += wk[j];
+          } else {
+            // wk keeps r = (1 - alpha) log w as rounded here, and the weights below are exp(r - L)
+            // of that very r (renyi_weight): forming (1 - alpha) log w - L again let gcc fuse it
+            // into one fma with the unrounded product, which un-normalized the weights (K = 1,
+            // alpha = 0.3, log w = -1e10: weight inf).
+            for (int64_t j = 0; j < nb; ++j) {
+              const C r = one_minus * wk[j];
+              wk[j] = r;
+              lse_merge(m[j], s[j], r, C(1), ExpC{});
+            }
           }
         }
       }
