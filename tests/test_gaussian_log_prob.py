@@ -16,7 +16,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning"
 
 ULP8 = 8 * 2.0**-24  # float32 arithmetic: 8 ulp of the terms' size (measured at about 1)
 # (z shape, mu shape): mu, logvar broadcast over z's leading sample dims
-CASES = [((7,), (7,)), ((5, 3, 33), (3, 33)), ((5, 3, 33), (33,)), ((2, 3, 4, 9), (4, 9)), ((40, 2, 5), (2, 5))]
+# The last: 35 blocks of 32 examples, so the cpu forward walks all 10 samples of a task, 4 + 4 + 2
+# a step (kSamplesAtOnce, csrc/cpu/common.h).
+CASES = [((7,), (7,)), ((5, 3, 33), (3, 33)), ((5, 3, 33), (33,)), ((2, 3, 4, 9), (4, 9)), ((40, 2, 5), (2, 5)),
+         ((10, 1100, 7), (1100, 7))]
 
 
 def randn(shape, seed, scale=1.0):

@@ -9,8 +9,9 @@
 //   grad_mu[n]     = iv sum_s c u          grad_logvar[n] = -1/2 (sum_s c - iv sum_s c u^2)
 //
 // Work split: tasks of (kBlockN examples) x (a chunk of the S samples); e^-lv is computed once
-// per task and example, never per sample.  Rows of the sample after next are prefetched (2N rows
-// ahead: too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
+// per task and example, never per sample.  The forward takes kSamplesAtOnce samples a step and
+// prefetches the next step's rows, the backward prefetches the rows of the sample after next (2N
+// rows ahead: too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
 // backward's per-chunk partial sums are added in chunk order: results do not depend on the
 // thread count.
 
@@ -78,17 +79,19 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
       const int64_t n0 = nblk * kBlockN, nb = min64(kBlockN, n - n0);
       const int64_t s0 = sc * p.chunk, s1 = min64(s, s0 + p.chunk);
       st.load(mu, logvar, n0, nb, d);
-      for (int64_t si = s0; si < s1; ++si)
+      for (int64_t sa = s0; sa < s1; sa += kSamplesAtOnce)  // kSamplesAtOnce samples a step (common.h)
         for (int64_t j = 0; j < nb; ++j) {
-          const typename D::S* zr = z + (si * n + n0 + j) * d;
-          if (si + kPrefetchAhead < s1) prefetch_bytes(zr + kPrefetchAhead * n * d, d * sizeof(*zr));  // sample si + 2
           const C* mj = st.m.data() + j * d;
           const C* ivj = st.iv.data() + j * d;
-          const C quad = row_sum<C>(d, [&](int64_t i) {
-            const C u = D::load(zr[i]) - mj[i];
-            return u * u * ivj[i];
-          });
-          out[si * n + n0 + j] = -st.half_c[j] - C(0.5) * quad;
+          for (int64_t si = sa; si < min64(s1, sa + kSamplesAtOnce); ++si) {
+            const typename D::S* zr = z + (si * n + n0 + j) * d;
+            if (si + kSamplesAtOnce < s1) prefetch_bytes(zr + kSamplesAtOnce * n * d, d * sizeof(*zr));
+            const C quad = row_sum<C>(d, [&](int64_t i) {
+              const C u = D::load(zr[i]) - mj[i];
+              return u * u * ivj[i];
+            });
+            out[si * n + n0 + j] = -st.half_c[j] - C(0.5) * quad;
+          }
         }
     }
   });

@@ -24,9 +24,9 @@
 // Work split: blocks of kBlockB consecutive examples (B order), each a task that walks k and, for
 // each k, the block's rows z[k, b0 .. b0 + nb) -- one contiguous stretch of memory -- while
 // prefetching the same rows of sample k + 2 (2B rows further: too far for the hardware
-// prefetcher); the forward takes kSamplesAtOnce samples a step.  Every example's arithmetic is
-// the same whichever thread runs it, and a [D] prior's gradient is summed per block, then over
-// blocks in block order: results do not depend on the thread count.
+// prefetcher); the forward takes kSamplesAtOnce samples a step (common.h).  Every example's
+// arithmetic is the same whichever thread runs it, and a [D] prior's gradient is summed per
+// block, then over blocks in block order: results do not depend on the thread count.
 #include <string.h>
 
 
@@ -40,14 +40,6 @@ namespace VK_CPU_ISA {
 namespace {
 
 constexpr int64_t kBlockB = 32;  // examples per task (their rows of one sample: 32 KB of z at D = 256)
-// Samples the forward walks side by side: row j of samples k ... k + 3 in turn, so that 4
-// stretches of z (4 x 32 KB at D = 256, B rows apart) stream at once -- the hardware prefetchers
-// follow each -- while the same rows of the next 4 samples are prefetched; the online sums still
-// take k in order.  (4096, 256, 64), 2 threads, kernel alone, median of 15 interleaved: 12.4 ->
-// 10.8 and 13.5 -> 12.1 ms (a dot product over z: 8.0 - 8.6).  The backward (reads z, streams
-// grad_z out) walked the same way measured no faster (24.9 -> 26.5, 31.1 -> 30.5 ms): one sample
-// a step there.
-constexpr int64_t kSamplesAtOnce = 4;
 
 template <class D>
 struct IwaeArgs {
