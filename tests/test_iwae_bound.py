@@ -129,26 +129,31 @@ def run(ins, alpha, backend, g=None, stl=False, reduction="per_example"):
     return bound, w, [None if t is None else t.grad for t in leaves]
 
 
+def check_oracle(k, b, d, prior, alpha, dtype, device, backend):
+    """Bound, weights and every gradient (non-unit upstream gradient) against the float64 oracle."""
+    ins = make(k, b, d, prior, dtype, device, seed=k + d)
+    g = randn((b,), 7) + 1.5
+    bound, w, grads = run(ins, alpha, backend, g)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    assert bound.dtype == cdt and w.dtype == cdt and bound.shape == (b,) and w.shape == (k, b)
+    lw = oracle_lw(*f64(ins))
+    tol = tolerances(ins, alpha, g)
+    what = f"{dtype} {(k, b, d)}"
+    assert_within(bound, oracle_bound(lw, alpha), tol["bound"] + 1e-6, f"{what} bound")
+    ref_w = torch.full_like(lw, 1 / k) if alpha == 1 else torch.softmax((1 - alpha) * lw, 0)
+    assert_within(w, ref_w, ref_w * tol["w_rel"] + 1e-7, f"{what} weights")
+    check_backward(ins, grads, g, alpha, dtype, what=what, naive=backend == "reference")
+
+
 @pytest.mark.parametrize("device,backend", ALL_CASES)
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_matches_float64_oracle(device, backend, prior, alpha):
-    """Bound, weights and every gradient (non-unit upstream gradient), every dtype, two shapes."""
+    """Every dtype, two shapes."""
     require(backend, device)
     for dtype in dtypes_for(backend, device):
         for k, b, d in SHAPES:
-            ins = make(k, b, d, prior, dtype, device, seed=k + d)
-            g = randn((b,), 7) + 1.5
-            bound, w, grads = run(ins, alpha, backend, g)
-            cdt = torch.float64 if dtype == torch.float64 else torch.float32
-            assert bound.dtype == cdt and w.dtype == cdt and bound.shape == (b,) and w.shape == (k, b)
-            lw = oracle_lw(*f64(ins))
-            tol = tolerances(ins, alpha, g)
-            what = f"{dtype} {(k, b, d)}"
-            assert_within(bound, oracle_bound(lw, alpha), tol["bound"] + 1e-6, f"{what} bound")
-            ref_w = torch.full_like(lw, 1 / k) if alpha == 1 else torch.softmax((1 - alpha) * lw, 0)
-            assert_within(w, ref_w, ref_w * tol["w_rel"] + 1e-7, f"{what} weights")
-            check_backward(ins, grads, g, alpha, dtype, what=what, naive=backend == "reference")
+            check_oracle(k, b, d, prior, alpha, dtype, device, backend)
 
 
 @pytest.mark.parametrize("prior", ("none", "BD"))
@@ -156,18 +161,8 @@ def test_matches_float64_oracle(device, backend, prior, alpha):
 def test_cpu_blocks_and_sample_steps(prior, alpha):
     """The cpu kernels over 3 blocks of examples (32 a task) and samples taken 4 + 4 + 1 a step by
     the forward (kSamplesAtOnce): float32 and float64 against the oracle, as above."""
-    k, b, d = 9, 70, 37
     for dtype in (torch.float32, torch.float64):
-        ins = make(k, b, d, prior, dtype, seed=k + d)
-        g = randn((b,), 7) + 1.5
-        bound, w, grads = run(ins, alpha, "cpu", g)
-        lw = oracle_lw(*f64(ins))
-        tol = tolerances(ins, alpha, g)
-        what = f"{dtype} {(k, b, d)}"
-        assert_within(bound, oracle_bound(lw, alpha), tol["bound"] + 1e-6, f"{what} bound")
-        ref_w = torch.full_like(lw, 1 / k) if alpha == 1 else torch.softmax((1 - alpha) * lw, 0)
-        assert_within(w, ref_w, ref_w * tol["w_rel"] + 1e-7, f"{what} weights")
-        check_backward(ins, grads, g, alpha, dtype, what=what)
+        check_oracle(9, 70, 37, prior, alpha, dtype, "cpu", "cpu")
 
 
 @pytest.mark.parametrize("device,backend", ALL_CASES)
