@@ -14,13 +14,12 @@ float64, z of at least READ_BACK_MIN elements: when z is still alive at backward
 unmodified (same version, storage and layout), the kernel reads eps back from it,
 dlogvar = 0.5 * sum_k dz_k * (z_k - mu), in the blocks of columns where that is exact enough
 (|mu| <= 16 sigma: ~4 bits of eps lost in float32; csrc/cpu/reparameterize.cpp, kZBlock) and
-regenerates eps elsewhere.  Streaming z beside dz
-costs less than a second run of the generator on the CPU (at (4096, 256, 64), 2 threads:
-~17-19 ms against ~24-29 ms).  The twin holds only a weak reference to z, so backward still keeps
-nothing of size K*B*D alive, and an in-place change of z after the forward is seen (its version)
-and makes the backward regenerate.  Where sigma << |mu| the quotient would lose every digit;
-there, and on every other path (the custom op, the GPU backends, 16-bit types), eps is
-regenerated, which is exact.
+regenerates eps elsewhere.  Streaming z beside dz costs less than a second run of the generator
+on the CPU (at (4096, 256, 64), 2 threads: ~17-20 ms against ~25-30 ms).  The twin holds only a
+weak reference to z, so backward still keeps nothing of size K*B*D alive, and an in-place change
+of z after the forward is seen (its version) and makes the backward regenerate.  Where
+sigma << |mu| the quotient would lose every digit; there, and on every other path (the custom op,
+the GPU backends, 16-bit types), eps is regenerated, which is exact.
 """
 from __future__ import annotations
 
@@ -149,8 +148,8 @@ class _EagerReparameterize(torch.autograd.Function):
     def forward(ctx, mu, logvar, seed, num_samples, backend):
         read_back = (backend == "cpu" and mu.dtype in (torch.float32, torch.float64)
                      and num_samples * mu.numel() >= READ_BACK_MIN)
-        # mu as the kernel reads it: mu itself (a view) when contiguous, else a private copy --
-        # made here once, for the forward kernel and the backward's read-back alike.
+        # mu as the kernel reads it: mu itself when contiguous, else a private copy -- made here
+        # once, for the forward kernel and the backward's read-back alike.
         mu_c = mu.contiguous() if read_back else mu
         z = _forward(mu_c, logvar, seed, num_samples, backend)
         _setup_context(ctx, (mu, logvar, seed, num_samples, backend), z)
