@@ -99,6 +99,11 @@ struct KlAt {
     prior(t, &pmv, &plvv, &sv);
     return kl_value<kPm, kPlv>(D::load(mu[t]), D::load(lv[t]), pmv, plvv, sv);
   }
+  VK_INLINE C twice(int64_t t) const {  // 2 KL, for the row sums (kl_math.h)
+    C pmv, plvv, sv;
+    prior(t, &pmv, &plvv, &sv);
+    return kl_twice<kPm, kPlv>(D::load(mu[t]), D::load(lv[t]), pmv, plvv, sv);
+  }
 };
 
 // fn(std::bool_constant<kPre>{}) with in.s = e^(-plv/2) of the m prior elements computed once
@@ -176,7 +181,7 @@ void fwd(const Inputs<D>& in, int64_t n, int64_t d, int64_t p, int reduction, do
             for (int64_t t = 0; t < len; ++t) x[t] = clamp_col(kl(t), cc[t], lambda);
           }
         } else if (col == nullptr) {
-          row += row_sum<C>(len, kl);
+          row += static_cast<C>(0.5) * row_sum<C>(len, [&](int64_t t) { return kl.twice(t); });
         } else {
           row += row_sum<C>(len, [&](int64_t t) { return clamp_col(kl(t), cc[t], lambda); });
         }

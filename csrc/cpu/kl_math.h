@@ -35,10 +35,10 @@ VK_INLINE double madd_c(double a, double b, double c) {
 // phi = e^x - 1 - x (kl_phi, the forward) and em1 = e^x - 1 (kl_em1, the backward) in float32,
 // each to a few ulp for every x, also x -> 0 where e^x - 1 - x would lose every digit (max
 // relative error, measured against float64 on 2.4e5 points of [-30, 30] and +-[1e-8, 2]: phi
-// 6.0e-7, em1 1.2e-7).
+// 6.4e-7, em1 1.5e-7; on 1e5 points of [-87.5, 88.3]: phi 5.2e-7, em1 3.0e-7).
 //
 // e^x = 2^k e^r with k = rint(x / ln2) (the 1.5*2^23 trick: no float -> int conversion) and
-// r = x - k ln2 in [-ln2/2, ln2/2] (Cody-Waite: ln2 in two parts, k*ln2_hi exact).  On that range
+// r = x - k ln2 in [-ln2/2, ln2/2], one fma with ln2 rounded to float32 (below).  On that range
 // e^r - 1 - r = r^2 S(r), S by a degree-4 polynomial to 1.3e-7 relative (S >= 0.447).  Then
 //   em1 = 2^k (e^r - 1) + (2^k - 1)          one fused rounding; 2^k - 1 is exact for |k| <= 24
 //   phi = 2^k phir + (2^k r + (2^k - 1 - x))  phir = r^2 S(r); two fmas, no select: for k = 0
@@ -50,8 +50,9 @@ VK_INLINE double madd_c(double a, double b, double c) {
 // then has r up to 0.69 (the polynomial, used beyond its range there, is off by up to 4e-5
 // relative; e^x overflows at 88.72 as it must).  NaN propagates; x = +inf gives em1 = inf,
 // phi = NaN (inf - inf), like the textbook formula.  All branch-free (selects), so loops of it
-// vectorize.  Per 16 elements the forward's KL is 19 vector instructions (Zen 4 runs them near
-// 2 per cycle: compute-bound), so each one saved here is ~5% of it.
+// vectorize.  Both kernels are bound by the fma pipes (multiplies and fmas: Zen 4 has two, and a
+// 512-bit operation takes both), 11 operations per 16 elements in each (the adds, integer ops and
+// loads go to other pipes), so each one saved here is ~8% of a kernel.
 struct ExpParts {
   float kf;     // k
   float r;      // x - k ln2
@@ -71,8 +72,13 @@ VK_INLINE ExpParts exp_parts(float x) {
   kb = kb > kBias + 127 ? kBias + 127 : kb;
   ExpParts e;
   e.kf = bit_cast<float>(kb) - kMagic;  // k, exactly
-  e.r = madd(e.kf, -0x1.63p-1f, x);
-  e.r = madd(e.kf, 0x1.bd0106p-13f, e.r);
+  // r in one fma with ln2 rounded to float32 (off by 1.9e-9), not Cody-Waite's two (ln2 in two
+  // parts, k ln2_hi exact): r is then off by |k| 1.9e-9, and so is e^x relatively -- < 0.5 ulp
+  // for |x| < 20, 2 ulp at x = 88 (em1's max error on [-87.5, 88.3]: 1.1e-7 -> 3.0e-7), exact
+  // for k = 0.  Both kernels are fma-pipe bound; the fma saved was 1 of the forward's 13 and the
+  // backward's 12 per vector (kernels alone at (4096, 256), 2 threads, medians of 25 interleaved:
+  // forward 154 -> 145 us, backward 170 -> 161).
+  e.r = madd(e.kf, -0x1.62e430p-1f, x);
   // S(r) = (e^r - 1 - r) / r^2 by a degree-4 polynomial fitted for least max relative error on
   // |r| <= ln2/2 (float32 coefficients: 1.3e-7, about 2 ulp of S): two fmas fewer than the
   // degree-6 Taylor series it replaces (1.8e-9), 10% off the whole forward and backward.
@@ -139,15 +145,27 @@ VK_INLINE C prior_scale(C plv) {
   return exp_c(static_cast<C>(-0.5) * plv);
 }
 
-// The KL of one element; pm, plv: the prior (0 when absent: kPm / kPlv false, and s = 1).
+// Twice the KL of one element, phi(delta) + (Delta s)^2; pm, plv: the prior (0 when absent:
+// kPm / kPlv false, and s = 1).  The row sums add these and halve the sum (exact but for a
+// subnormal sum): one multiply per row instead of one per element.  The forward is fma-pipe
+// bound, and that multiply (fused into the sum's fma) was 1 of its 12 fma-pipe operations per
+// vector (forward alone at (4096, 256), 2 threads, medians of 40 interleaved: 168 -> 164 and
+// 168 -> 166 us).  A sum past the float max / 2 overflows where half of it would not; so did
+// each term already, (Delta s)^2 past it.
 template <bool kPm, bool kPlv, class C>
-VK_INLINE C kl_value(C mu, C logvar, C pm, C plv, C s) {
+VK_INLINE C kl_twice(C mu, C logvar, C pm, C plv, C s) {
   const C delta = kPlv ? logvar - plv : logvar;
   C q = kPm ? mu - pm : mu;
   if (kPlv) q *= s;
   const C phi = kl_phi(delta);
   // Two non-negative terms: no cancellation, the sum is as accurate as they are.
-  return static_cast<C>(0.5) * madd_c(q, q, phi);
+  return madd_c(q, q, phi);
+}
+
+// The KL of one element (kl_twice halved: exact).
+template <bool kPm, bool kPlv, class C>
+VK_INLINE C kl_value(C mu, C logvar, C pm, C plv, C s) {
+  return static_cast<C>(0.5) * kl_twice<kPm, kPlv>(mu, logvar, pm, plv, s);
 }
 
 // The gradients of g * KL for one element, g the upstream gradient (already 0 for a dimension
