@@ -41,22 +41,22 @@ VK_INLINE double madd_c(double a, double b, double c) {
 // r = x - k ln2 in [-ln2/2, ln2/2], one fma with ln2 rounded to float32 (below).  On that range
 // e^r - 1 - r = r^2 S(r), S by a degree-4 polynomial to 1.3e-7 relative (S >= 0.447).  Then
 //   em1 = 2^k (e^r - 1) + (2^k - 1)          one fused rounding; 2^k - 1 is exact for |k| <= 24
-//   phi = 2^k phir + (2^k r + (2^k - 1 - x))  phir = r^2 S(r); two fmas, no select: for k = 0
-//         (|x| <= ln2/2) r = x exactly, the inner fma is exactly 0 and phi = phir, no cancellation
+//   phi = 2^k r^2 S(r) + (2^k r + (2^k - 1 - x))  no select (kl_phi): for k = 0
+//         (|x| <= ln2/2) r = x exactly, the bracket is exactly 0 and phi = r^2 S(r), no cancellation
 //         at all; for k != 0 the terms cancel by at most (|2^k e^r| + |1 + x|) / phi <= 12 (at
-//         |x| = ln2/2), like em1 - x (measured: 6.0e-7 against em1 - x's 6.1e-7)
+//         |x| = ln2/2), like em1 - x (measured: 6.4e-7, above)
 // x below -87 is taken as -87 (e^x < 2^-125: em1 = -1 in float32 either way, phi = -1 - x, also
 // for x = -inf), which keeps k >= -126; k is clamped above at 127 (2^k a normal float): x > 88.38
 // then has r up to 0.69 (the polynomial, used beyond its range there, is off by up to 4e-5
 // relative; e^x overflows at 88.72 as it must).  NaN propagates; x = +inf gives em1 = inf,
 // phi = NaN (inf - inf), like the textbook formula.  All branch-free (selects), so loops of it
-// vectorize.  Both kernels are bound by the fma pipes (multiplies and fmas: Zen 4 has two, and a
-// 512-bit operation takes both), 11 operations per 16 elements in each (the adds, integer ops and
-// loads go to other pipes), so each one saved here is ~8% of a kernel.
+// vectorize.  Both kernels are bound by the fma pipes (multiplies and fmas: Zen 4 issues one
+// 512-bit one per cycle), 10 (forward) and 11 (backward) per 16 elements (the adds, integer ops
+// and loads go to other pipes), so each one saved here is up to ~8% of a kernel.
 struct ExpParts {
   float kf;     // k
   float r;      // x - k ln2
-  float phir;   // e^r - 1 - r
+  float s;      // S(r) = (e^r - 1 - r) / r^2
   float two_k;  // 2^k
 };
 
@@ -82,11 +82,10 @@ VK_INLINE ExpParts exp_parts(float x) {
   // S(r) = (e^r - 1 - r) / r^2 by a degree-4 polynomial fitted for least max relative error on
   // |r| <= ln2/2 (float32 coefficients: 1.3e-7, about 2 ulp of S): two fmas fewer than the
   // degree-6 Taylor series it replaces (1.8e-9), 10% off the whole forward and backward.
-  float s = madd(e.r, 0x1.6c69e2p-10f, 0x1.120b1ep-7f);
-  s = madd(s, e.r, 0x1.5555bap-5f);
-  s = madd(s, e.r, 0x1.5554dep-3f);
-  s = madd(s, e.r, 0.5f);
-  e.phir = (e.r * e.r) * s;
+  e.s = madd(e.r, 0x1.6c69e2p-10f, 0x1.120b1ep-7f);
+  e.s = madd(e.s, e.r, 0x1.5555bap-5f);
+  e.s = madd(e.s, e.r, 0x1.5554dep-3f);
+  e.s = madd(e.s, e.r, 0.5f);
   e.two_k = bit_cast<float>(static_cast<uint32_t>(kb) << 23);  // unsigned: the high bits shift out
   return e;
 }
@@ -94,7 +93,8 @@ VK_INLINE ExpParts exp_parts(float x) {
 VK_INLINE float kl_em1(float x) {
   const float xc = x < -87.0f ? -87.0f : x;  // a select: NaN fails the compare and stays NaN
   const ExpParts e = exp_parts(xc);
-  return madd(e.two_k, e.r + e.phir, e.two_k - 1.0f);  // e.r + e.phir = e^r - 1: r dominates
+  // e^r - 1 = r + r^2 S(r) in one fma (r dominates), then em1 in one more.
+  return madd(e.two_k, madd(e.r * e.r, e.s, e.r), e.two_k - 1.0f);
 }
 
 VK_INLINE float kl_phi(float x) {
@@ -103,9 +103,16 @@ VK_INLINE float kl_phi(float x) {
   // clamps a NaN whose sign bit is set, but the term 2^k - 1 - x below still carries that NaN.
   const float xc = bit_cast<float>(min_u32(bit_cast<uint32_t>(x), 0xc2ae0000u));  // -87.0f
   const ExpParts e = exp_parts(xc);
-  // phi = 2^k phir + (2^k r + (2^k - 1 - x)), two fmas: for k = 0 the inner fma is r - x = 0
-  // exactly and phi = phir; otherwise as accurate as em1 - x (x < -87: e^xc ~ 0, phi = -1 - x).
-  return madd(e.two_k, e.phir, madd(e.two_k, e.r, (e.two_k - 1.0f) - x));
+  // phi = 2^k r^2 S(r) + (2^k r + (2^k - 1 - x)) with u = 2^k r exact (a power-of-2 scaling;
+  // only for k = -126, where the 86 of -1 - x swamps it, can it round) and u r = 2^k r^2 rounded
+  // once: three multiplies / fmas, one fewer than 2^k (r^2 S) + fma(2^k, r, ...), and one
+  // rounding fewer (the forward's loop: 10 fma-pipe operations per vector; forward alone at
+  // (4096, 256), 2 threads, 40 - 60 interleaved: median 155 -> 154 and 163 -> 158 us, min 131 ->
+  // 126 and 153 -> 147: near the bound of this arithmetic, ~12 cycles per vector).
+  // For k = 0, r = x exactly, the sum in brackets is exactly 0 and phi = r^2 S(r): no
+  // cancellation at all; otherwise as accurate as em1 - x (x < -87: e^xc ~ 0, phi = -1 - x).
+  const float u = e.two_k * e.r;
+  return madd(u * e.r, e.s, u + ((e.two_k - 1.0f) - x));
 }
 
 // float64: the same idea with libm -- expm1 (< 1 ulp) beyond |x| = 0.5, and below the Taylor
