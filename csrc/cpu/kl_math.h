@@ -104,13 +104,14 @@ VK_INLINE float kl_phi(float x) {
   const float xc = bit_cast<float>(min_u32(bit_cast<uint32_t>(x), 0xc2ae0000u));  // -87.0f
   const ExpParts e = exp_parts(xc);
   // phi = 2^k r^2 S(r) + (2^k r + (2^k - 1 - x)) with u = 2^k r exact (a power-of-2 scaling;
-  // only for k = -126, where the 86 of -1 - x swamps it, can it round) and u r = 2^k r^2 rounded
-  // once: three multiplies / fmas, one fewer than 2^k (r^2 S) + fma(2^k, r, ...), and one
-  // rounding fewer (the forward's loop: 10 fma-pipe operations per vector; forward alone at
-  // (4096, 256), 2 threads, 40 - 60 interleaved: median 155 -> 154 and 163 -> 158 us, min 131 ->
-  // 126 and 153 -> 147: near the bound of this arithmetic, ~12 cycles per vector).
-  // For k = 0, r = x exactly, the sum in brackets is exactly 0 and phi = r^2 S(r): no
-  // cancellation at all; otherwise as accurate as em1 - x (x < -87: e^xc ~ 0, phi = -1 - x).
+  // only for k <= -125, x < -86, where the ~86 of -1 - x swamps it, can it round) and
+  // u r = 2^k r^2 rounded once: three multiplies / fmas, one fewer than 2^k (r^2 S) +
+  // fma(2^k, r, ...), and one rounding fewer.  The forward's loop is 10 fma-pipe operations per
+  // vector (forward alone at (4096, 256), 2 threads, 40 - 60 interleaved: median 155 -> 154 and
+  // 163 -> 158 us, min 131 -> 126 and 153 -> 147: near the bound of this arithmetic, ~12 cycles
+  // per vector).  For k = 0, r = x exactly, the sum in brackets is exactly 0 and phi =
+  // r^2 S(r): no cancellation at all; otherwise as accurate as em1 - x (x < -87: e^xc ~ 0,
+  // phi = -1 - x).
   const float u = e.two_k * e.r;
   return madd(u * e.r, e.s, u + ((e.two_k - 1.0f) - x));
 }
