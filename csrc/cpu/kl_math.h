@@ -170,14 +170,8 @@ VK_INLINE C kl_twice(C mu, C logvar, C pm, C plv, C s) {
   return madd_c(q, q, phi);
 }
 
-// The KL of one element (kl_twice halved: exact).
-template <bool kPm, bool kPlv, class C>
-VK_INLINE C kl_value(C mu, C logvar, C pm, C plv, C s) {
-  return static_cast<C>(0.5) * kl_twice<kPm, kPlv>(mu, logvar, pm, plv, s);
-}
-
 // The gradients of g * KL for one element, g the upstream gradient (already 0 for a dimension
-// that free bits clamp); pm, plv, s as for kl_value.
+// that free bits clamp); pm, plv, s as for kl_twice.
 template <bool kPm, bool kPlv, class C>
 VK_INLINE void kl_grads(C g, C mu, C logvar, C pm, C plv, C s, C* gmu, C* glv, C* gpm, C* gplv) {
   const C delta = kPlv ? logvar - plv : logvar;
