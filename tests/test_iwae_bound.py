@@ -165,6 +165,50 @@ def test_cpu_blocks_and_sample_steps(prior, alpha):
         check_oracle(9, 70, 37, prior, alpha, dtype, "cpu", "cpu")
 
 
+@pytest.mark.parametrize("prior", ("none", "BD"))
+@pytest.mark.parametrize("alpha", (0.0, 0.5))
+def test_cpu_backward_steps_with_zero_weights(prior, alpha):
+    """The cpu backward takes 4 samples a step (kBwdSamples; here 4 + 4 + 3) and leaves out of a step
+    the samples whose weight is 0: -inf log-weights scattered over every position in a step, no
+    example without a live sample.  Their rows are exact zeros, the rest against the oracle."""
+    k, b, d = 11, 70, 37
+    ins = make(k, b, d, prior, seed=4)
+    kk, bb = torch.meshgrid(torch.arange(k), torch.arange(b), indexing="ij")
+    dead = (kk * 7 + bb * 3) % 5 == 0
+    assert not bool(dead.all(0).any()) and all(bool(dead[r::4].any()) for r in range(4))
+    ins[0] = ins[0].masked_fill(dead, -INF)
+    g = randn((b,), 12) - 0.5
+    bound, w, grads = run(ins, alpha, "cpu", g)
+    assert bool((w[dead] == 0).all()) and bool((grads[0][dead] == 0).all())
+    assert bool((grads[1][dead] == 0).all()) and not bool(torch.signbit(grads[1][dead]).any())
+    assert_within(bound, oracle_bound(oracle_lw(*f64(ins)), alpha), tolerances(ins, alpha, g)["bound"] + 1e-6, "bound")
+    check_backward(ins, grads, g, alpha, torch.float32, what="scattered -inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_cpu_backward_streams_large_grad_z(dtype):
+    """grad_z of at least build_info()["stream_min_bytes"] (32 MiB) is written with streaming stores
+    (plain ones where a row is not aligned: D = 1000 elements): the bound, the weights and the
+    gradients of log_px_z, z, mu and logvar bitwise what calls on slices of the batch, each under the
+    threshold, give (an example's arithmetic does not depend on the batch around it), zero-weight
+    rows included.  (The [D] prior's gradients are sums over the batch.)"""
+    from vaekernels import backends
+    min_bytes = backends.module("cpu").build_info()["stream_min_bytes"]
+    k, d = 8, 1000
+    b = min_bytes // (k * d * torch.empty(0, dtype=dtype).element_size()) + 37
+    ins = make(k, b, d, "D", dtype, seed=8)
+    ins[0][3, ::5] = -INF
+    g = randn((b,), 13) + 1
+    whole = run(ins, 0.0, "cpu", g)
+    for b0 in range(0, b, b // 4 + 1):
+        sl = slice(b0, min(b, b0 + b // 4 + 1))
+        part = [ins[0][:, sl], ins[1][:, sl].contiguous(), ins[2][sl], ins[3][sl], ins[4], ins[5]]
+        bound, w, grads = run(part, 0.0, "cpu", g[sl])
+        assert torch.equal(bound, whole[0][sl]) and torch.equal(w, whole[1][:, sl])
+        for name, got, want in zip(("log_px_z", "z", "mu", "logvar"), grads, whole[2]):
+            assert torch.equal(got, want[:, sl] if name in ("log_px_z", "z") else want[sl]), (name, b0)
+
+
 @pytest.mark.parametrize("device,backend", ALL_CASES)
 def test_reductions(device, backend):
     require(backend, device)

@@ -312,8 +312,9 @@ constexpr int64_t kPrefetchAhead = 2;
 // iwae_bound's forward at (4096, 256, 64), 2 threads, kernel alone, median of 15 interleaved:
 // 12.4 -> 10.8 and 13.5 -> 12.1 ms (a dot product over z: 8.0 - 8.6); gaussian_log_prob's at
 // (64, 4096, 256): 12.1 -> 11.3 and 12.4 -> 11.9 ms (dot: 8.9 - 9.4).
-// The backwards (read z, stream grad_z out) walked that way were no faster (iwae_bound: 24.9 ->
-// 26.5, 31.1 -> 30.5 ms): one sample a step there, kPrefetchAhead.
+// The backwards (read z, stream grad_z out) walked that way, a row of each sample in turn, were no
+// faster (iwae_bound: 24.9 -> 26.5, 31.1 -> 30.5 ms): gaussian_log_prob's takes one sample a step,
+// kPrefetchAhead; iwae_bound's walks kBwdSamples samples in one pass over the dims instead.
 constexpr int64_t kSamplesAtOnce = 4;
 
 // Whether an output of `bytes` in all is written with non-temporal stores (stream_bytes,
