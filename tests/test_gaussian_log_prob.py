@@ -77,6 +77,46 @@ def test_matches_float64_oracle(device, backend, z_shape, mu_shape):
         check(make(z_shape, mu_shape, dtype, device), backend, naive=backend == "reference")
 
 
+def test_cpu_backward_sample_steps():
+    """The cpu backward takes 4 samples a step in one pass over the dims (kBwdSamples,
+    csrc/cpu/common.h): 11 samples = 4 + 4 + 3, D = 37 = two 16-float vectors and a tail, 35 blocks
+    of 32 examples."""
+    require("cpu", "cpu")
+    for dtype in (torch.float32, torch.float64):
+        check(make((11, 1100, 37), (1100, 37), dtype, "cpu", seed=6), "cpu", naive=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_cpu_backward_streams_large_grad_z(dtype):
+    """grad_z of at least build_info()["stream_min_bytes"] (32 MiB) is written with streaming stores
+    (plain ones where a row is not aligned: rows of 4000 bytes): the output and every gradient
+    bitwise what calls on slices of the batch under the threshold give.  (A slice of fewer than 32
+    blocks of 32 examples splits its samples and adds the partial sums of mu's and logvar's
+    gradients in another order: there only the output and grad_z are compared.)"""
+    from vaekernels import backends
+    require("cpu", "cpu")
+    size = torch.empty(0, dtype=dtype).element_size()
+    s, d, whole_blocks = 8, 4000 // size, 1024
+    assert s * whole_blocks * d * size < backends.module("cpu").build_info()["stream_min_bytes"]
+    n = 2 * whole_blocks + 37
+    ins = make((s, n, d), (n, d), dtype, "cpu", seed=9)
+    g = randn((s, n), 10).to(ins[0].dtype if dtype == torch.float64 else torch.float32)
+
+    def run(z, mu, lv, g):
+        leaves = [t.clone().requires_grad_(True) for t in (z, mu, lv)]
+        out = vk.gaussian_log_prob(*leaves, backend="cpu")
+        out.backward(g)
+        return [out.detach()] + [t.grad for t in leaves]
+
+    whole = run(*ins, g)
+    for n0 in (0, whole_blocks, 2 * whole_blocks):
+        sl = slice(n0, min(n, n0 + whole_blocks))
+        part = run(ins[0][:, sl].contiguous(), ins[1][sl], ins[2][sl], g[:, sl])
+        assert torch.equal(part[0], whole[0][:, sl]) and torch.equal(part[1], whole[1][:, sl]), n0
+        if sl.stop - sl.start == whole_blocks:
+            assert torch.equal(part[2], whole[2][sl]) and torch.equal(part[3], whole[3][sl]), n0
+
+
 @pytest.mark.parametrize("device,backend", ALL_CASES)
 def test_non_contiguous_and_empty(device, backend):
     require(backend, device)

@@ -301,10 +301,6 @@ VK_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o, 0, 1);
 }
 
-// How many samples ahead the kernels prefetch: two (a block's rows of sample k + 2 while computing
-// sample k) hides more of the memory latency than one (backward: 38 ms instead of 42, 1 thread).
-constexpr int64_t kPrefetchAhead = 2;
-
 // Samples a forward over [S, B, D] walks side by side (iwae_bound, gaussian_log_prob): row j of
 // samples s ... s + 3 in turn, so that 4 stretches of z (B rows apart) stream at once -- the
 // hardware prefetchers follow each -- while the same rows of the next 4 samples are prefetched.
@@ -312,38 +308,30 @@ constexpr int64_t kPrefetchAhead = 2;
 // iwae_bound's forward at (4096, 256, 64), 2 threads, kernel alone, median of 15 interleaved:
 // 12.4 -> 10.8 and 13.5 -> 12.1 ms (a dot product over z: 8.0 - 8.6); gaussian_log_prob's at
 // (64, 4096, 256): 12.1 -> 11.3 and 12.4 -> 11.9 ms (dot: 8.9 - 9.4).
-// The backwards (read z, stream grad_z out) walked that way, a row of each sample in turn, were no
-// faster (iwae_bound: 24.9 -> 26.5, 31.1 -> 30.5 ms): gaussian_log_prob's takes one sample a step,
-// kPrefetchAhead; iwae_bound's walks kBwdSamples samples in one pass over the dims instead.
+// The backwards walked that way, a row of each sample in turn, were no faster (iwae_bound:
+// 24.9 -> 26.5, 31.1 -> 30.5 ms): they take kBwdSamples below.
 constexpr int64_t kSamplesAtOnce = 4;
 
-// Whether an output of `bytes` in all is written with non-temporal stores (stream_bytes,
-// storeu_stream): only one past the last-level cache (kStreamMinBytes, kernels.h: 32 MiB, this
-// machine's L3).  A smaller one stays in cache for its reader, and streaming it out to DRAM made
+// Samples a backward over [S, B, D] walks side by side (iwae_bound, gaussian_log_prob): row j of
+// samples s ... s + 3 in one pass over the dims, so the example's parameters and its running sums
+// over samples (in L2: 32 examples x D x 2 - 4 arrays, 64 - 128 KB at D = 256) are loaded and
+// stored once per step instead of once per row, and the rows of grad_z go from registers to memory
+// (streaming stores past the last-level cache) instead of through a staging row.  The sums still
+// add the samples in order: results are bitwise those of a one-row walk.  The rows of the step
+// after next are prefetched.  iwae_bound's backward alone at (4096, 256, 64), 2 threads, median of
+// 11 interleaved, three runs: one row a step 24.7 / 34.7 / 29.8 ms -> 16.9 / 21.9 / 18.2 (copying
+// z into grad_z: 18.5 / 22.1 / 20.4); with plain stores 20.4 / 26.2 / 23.3; 2 or 8 samples a step
+// no better than 4, nor 64 or 128 examples a task; without the software prefetch slower.
+constexpr int kBwdSamples = 4;
+
+// Whether an output of `bytes` in all is written with non-temporal stores (storeu_stream,
+// D::vstream): only one past the last-level cache (kStreamMinBytes, kernels.h: 32 MiB, this
+// machine's L3).  For an output written once and read only much later (a gradient of z's size)
+// they skip the read-for-ownership of every line: a third of the memory traffic of a pass that
+// reads z and writes grad_z.  Callers end their work with stream_fence().  A smaller one stays in cache for its reader, and streaming it out to DRAM made
 // the pass depend on DRAM: gaussian_log_prob's backward at (8, 1024, 64), 2 MB of grad_z, ran
 // 620-650 us (median) with them, 250-310 us without.
 VK_INLINE bool streams(int64_t bytes) { return bytes >= kStreamMinBytes; }
-
-// Copies `bytes` from src (a row just computed, in L1) to dst; with nt (streams() of the whole
-// output), by non-temporal stores where dst is aligned (plain stores for the head and the tail).
-// For an output written once and read only much later (a gradient of z's size) this skips the
-// read-for-ownership of every cache line: a third of the memory traffic of a pass that reads z
-// and writes dz.  Callers end their work with stream_fence().
-VK_INLINE void stream_bytes(void* dst, const void* src, int64_t bytes, bool nt) {
-  char* d = static_cast<char*>(dst);
-  const char* s = static_cast<const char*>(src);
-  if (!nt) {
-    memcpy(d, s, bytes);
-    return;
-  }
-  constexpr int64_t kV = kStreamV;
-  const int64_t head = min64(bytes, (kV - static_cast<int64_t>(reinterpret_cast<uintptr_t>(d) % kV)) % kV);
-  memcpy(d, s, head);
-  d += head, s += head, bytes -= head;
-  if constexpr (kV >= 16)
-    for (; bytes >= kV; bytes -= kV, d += kV, s += kV) stream_store<kV>(d, s);
-  memcpy(d, s, bytes);
-}
 
 // Orders this thread's non-temporal stores before whatever follows (they are weakly ordered).
 VK_INLINE void stream_fence() {

@@ -10,8 +10,9 @@
 //
 // Work split: tasks of (kBlockN examples) x (a chunk of the S samples); e^-lv is computed once
 // per task and example, never per sample.  The forward takes kSamplesAtOnce samples a step and
-// prefetches the next step's rows, the backward prefetches the rows of the sample after next (2N
-// rows ahead: too far for the hardware prefetcher).  The chunking depends on (S, N, D) only, and the
+// prefetches the next step's rows; the backward takes kBwdSamples samples a step in one pass over
+// the dims (common.h) and prefetches the rows of the step after next (too far ahead for the
+// hardware prefetcher).  The chunking depends on (S, N, D) only, and the
 // backward's per-chunk partial sums are added in chunk order: results do not depend on the
 // thread count.
 
@@ -97,22 +98,56 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
   });
 }
 
-template <class D>
+// One example's rows of R samples (kBwdSamples a step, common.h), in sample order: grad_z rows
+// out[r] = -c u iv, and the sums over samples a1 += c u, a2 += c u^2 (u = z - mu).
+template <class D, bool kStream, int R>
+VK_INLINE void bwd_rows(const typename D::S* const zr[R], typename D::S* const out[R], const typename D::C c[R],
+                        const typename D::C* mj, const typename D::C* ivj, typename D::C* a1, typename D::C* a2,
+                        int64_t d) {
+  using C = typename D::C;
+  using CV = typename D::CV;
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+    const CV m = loadu<CV>(mj + i), iv = loadu<CV>(ivj + i);
+    CV s1 = loadu<CV>(a1 + i), s2 = loadu<CV>(a2 + i);
+    for (int r = 0; r < R; ++r) {
+      const CV u = D::vload(zr[r] + i) - m;
+      const CV cu = c[r] * u;
+      if (kStream)
+        D::vstream(out[r] + i, -cu * iv);
+      else
+        D::vstore(out[r] + i, -cu * iv);
+      s1 += cu;
+      s2 += cu * u;
+    }
+    storeu(a1 + i, s1);
+    storeu(a2 + i, s2);
+  }
+  for (; i < d; ++i)
+    for (int r = 0; r < R; ++r) {
+      const C u = D::load(zr[r][i]) - mj[i];
+      const C cu = c[r] * u;
+      out[r][i] = D::store(-cu * ivj[i]);
+      a1[i] += cu;
+      a2[i] += cu * u;
+    }
+}
+
+template <class D, bool kStream>
 void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S* mu, const typename D::S* logvar,
          typename D::S* grad_z, typename D::S* grad_mu, typename D::S* grad_logvar, int64_t s, int64_t n, int64_t d,
          int num_threads) {
   using C = typename D::C;
+  using S = typename D::S;
   const Split p = make_split(s, n);
   const int threads = threads_for(s * n * max64(d, 1), num_threads);
   // Per sample chunk: partial sums over its samples of c u iv and c (1 - u^2 iv) -- written
   // straight to the gradients when there is one chunk, else summed over chunks in order.
   const bool split = p.schunks > 1;
   Buffer<C> part_mu(split ? p.schunks * n * d : 0), part_lv(split ? p.schunks * n * d : 0);
-  const bool nt = streams(s * n * d * static_cast<int64_t>(sizeof(typename D::S)));
   parallel_ranges(p.nblocks * p.schunks, threads, [&](int64_t t0, int64_t t1) {
     Staged<D> st(d);
     Buffer<C> acc(2 * kBlockN * d);  // [0]: sum c u, [1]: sum c u^2, per example of the block
-    Buffer<typename D::S> dz(nt ? d : 0);  // one row of grad_z, streamed out (stream_bytes)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t nblk = t % p.nblocks, sc = t / p.nblocks;
       const int64_t n0 = nblk * kBlockN, nb = min64(kBlockN, n - n0);
@@ -120,29 +155,33 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
       st.load(mu, logvar, n0, nb, d);
       for (C& v : acc) v = 0;
       C csum[kBlockN] = {};
-      for (int64_t si = s0; si < s1; ++si)
+      for (int64_t sa = s0; sa < s1; sa += kBwdSamples) {  // kBwdSamples samples a step (common.h)
+        const int nk = static_cast<int>(min64(kBwdSamples, s1 - sa));
         for (int64_t j = 0; j < nb; ++j) {
-          const int64_t row = si * n + n0 + j;
-          const C c = grad[row];
-          csum[j] += c;
-          const typename D::S* zr = z + row * d;
-          if (si + kPrefetchAhead < s1) prefetch_bytes(zr + kPrefetchAhead * n * d, d * sizeof(*zr));  // sample si + 2
+          C c[kBwdSamples];
+          const S* zr[kBwdSamples];
+          S* out[kBwdSamples];
+          for (int r = 0; r < nk; ++r) {
+            const int64_t row = (sa + r) * n + n0 + j;
+            c[r] = grad[row];
+            csum[j] += c[r];
+            zr[r] = z + row * d, out[r] = grad_z + row * d;
+            // the same row of the step after next: too far ahead for the hardware prefetchers
+            if (sa + r + 2 * kBwdSamples < s1) prefetch_bytes(zr[r] + 2 * kBwdSamples * n * d, d * sizeof(S));
+          }
           const C* mj = st.m.data() + j * d;
           const C* ivj = st.iv.data() + j * d;
           C* a1 = acc.data() + j * d;
           C* a2 = acc.data() + (kBlockN + j) * d;
-          // Into grad_z directly, or staged in L1 for the non-temporal stores.
-          typename D::S* out = nt ? dz.data() : grad_z + row * d;
-#pragma GCC ivdep  // out is grad_z (a fresh tensor) or a buffer: it aliases no input or sum
-          for (int64_t i = 0; i < d; ++i) {
-            const C u = D::load(zr[i]) - mj[i];
-            const C cu = c * u;
-            out[i] = D::store(-cu * ivj[i]);
-            a1[i] += cu;
-            a2[i] += cu * u;
+          static_assert(kBwdSamples == 4, "the switch below takes 1 ... 4 rows");
+          switch (nk) {
+            case 4: bwd_rows<D, kStream, 4>(zr, out, c, mj, ivj, a1, a2, d); break;
+            case 3: bwd_rows<D, kStream, 3>(zr, out, c, mj, ivj, a1, a2, d); break;
+            case 2: bwd_rows<D, kStream, 2>(zr, out, c, mj, ivj, a1, a2, d); break;
+            case 1: bwd_rows<D, kStream, 1>(zr, out, c, mj, ivj, a1, a2, d); break;
           }
-          if (nt) stream_bytes(grad_z + row * d, dz.data(), d * sizeof(dz[0]), true);
         }
+      }
       for (int64_t j = 0; j < nb; ++j) {
         const int64_t e = (n0 + j) * d;
         const C* ivj = st.iv.data() + j * d;
@@ -162,7 +201,7 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
         }
       }
     }
-    stream_fence();
+    if (kStream) stream_fence();
   });
   if (split) {
     sum_rows(part_mu.data(), p.schunks, n * d, num_threads, [&](int64_t i, C v) { grad_mu[i] = D::store(v); });
@@ -190,9 +229,11 @@ void gaussian_log_prob_bwd(const void* grad, const void* z, const void* mu, cons
   dispatch_dtype(dtype, [&](auto tag) {
     using D = decltype(tag);
     using S = typename D::S;
-    bwd<D>(static_cast<const typename D::C*>(grad), static_cast<const S*>(z), static_cast<const S*>(mu),
-           static_cast<const S*>(logvar), static_cast<S*>(grad_z), static_cast<S*>(grad_mu),
-           static_cast<S*>(grad_logvar), s, n, d, num_threads);
+    // grad_z past the last-level cache goes out by streaming stores (streams()).
+    const auto run = streams(s * n * d * static_cast<int64_t>(sizeof(S))) ? bwd<D, true> : bwd<D, false>;
+    run(static_cast<const typename D::C*>(grad), static_cast<const S*>(z), static_cast<const S*>(mu),
+        static_cast<const S*>(logvar), static_cast<S*>(grad_z), static_cast<S*>(grad_mu), static_cast<S*>(grad_logvar),
+        s, n, d, num_threads);
   });
 }
 

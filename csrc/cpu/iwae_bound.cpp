@@ -174,21 +174,6 @@ struct IwaeGrads {
   typename D::S* plv;
 };
 
-// Samples the backward walks side by side: row j of samples k ... k + kBwdSamples - 1 in one pass
-// over the dims, so the example's parameters and its running sums (A1, A2, P1, P2 below; they
-// live in L2: kBlockB examples x D x 4 arrays, 128 KB at D = 256) are loaded and stored once per
-// step instead of once per row, and the rows of grad_z go from registers to memory (streaming
-// stores past the last-level cache) instead of through a staging row.  A step leaves out its rows
-// with zero weight (exact zeros, z not read) and walks the others together: with the benchmark's
-// log p(x|z) (10 N(0, 1) - 100) 16% of the weights are 0 and only 54% of the steps have none, so a
-// step that fell back to one row at a time for any zero lost most of the gain.  The sums still add
-// the samples in k order: the results are bitwise those of a one-row walk.
-// Kernel alone at (4096, 256, 64), those inputs, 2 threads, median of 11 interleaved, three runs:
-// one row a step 24.7 / 34.7 / 29.8 ms -> 16.9 / 21.9 / 18.2 (copying z into grad_z: 18.5 / 22.1 /
-// 20.4); the same with plain stores 20.4 / 26.2 / 23.3; 4 rows a step only where all 4 weights are
-// nonzero 21.4 - 24.9 against 27.1 - 29.6; 2 or 8 rows a step no better than 4, nor 64 or 128
-// examples a task; no software prefetch slower.
-constexpr int kBwdSamples = 4;
 
 // One example's rows of R samples, all with c != 0, in sample order: grad_z rows out[r], the sums
 // over k a1 = sum c u, a2 = sum c u^2 (and p1 = sum c v, p2 = sum c v^2 with a prior) updated.
@@ -292,8 +277,12 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
           C* a2 = acc.data() + (1 * kBlockB + j) * d;
           C* p1 = kPrior ? acc.data() + (2 * kBlockB + j) * d : nullptr;
           C* p2 = kPrior ? acc.data() + (3 * kBlockB + j) * d : nullptr;
-          // The step's rows with c != 0, in k order; a row with c = 0 (zero weight: log w = -inf,
-          // or a -inf bound) is exact zeros, and its z is not read (0 * inf would be NaN).
+          // The step's rows with c != 0, in k order, go through bwd_rows together; a row with c = 0
+          // (zero weight: log w = -inf, or a -inf bound) is exact zeros, and its z is not read
+          // (0 * inf would be NaN).  Left out, not a reason to take the step a row at a time: with
+          // the benchmark's log p(x|z) (10 N(0, 1) - 100) 16% of the weights are 0 and only 54% of
+          // the steps have none; one row a step wherever a step had one: 21.4 - 24.9 ms against
+          // 16.9 - 21.9 (kBwdSamples, common.h).
           C c[kBwdSamples];
           const S* zr[kBwdSamples];
           S* out[kBwdSamples];
