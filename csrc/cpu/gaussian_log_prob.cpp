@@ -84,15 +84,25 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
         for (int64_t j = 0; j < nb; ++j) {
           const C* mj = st.m.data() + j * d;
           const C* ivj = st.iv.data() + j * d;
-          for (int64_t si = sa; si < min64(s1, sa + kSamplesAtOnce); ++si) {
-            const typename D::S* zr = z + (si * n + n0 + j) * d;
-            if (si + kSamplesAtOnce < s1) prefetch_bytes(zr + kSamplesAtOnce * n * d, d * sizeof(*zr));
-            const C quad = row_sum<C>(d, [&](int64_t i) {
-              const C u = D::load(zr[i]) - mj[i];
-              return u * u * ivj[i];
-            });
-            out[si * n + n0 + j] = -st.half_c[j] - C(0.5) * quad;
+          const int64_t sb = min64(s1, sa + kSamplesAtOnce);
+          const typename D::S* zr[kSamplesAtOnce];
+          for (int64_t si = sa; si < sb; ++si) {
+            zr[si - sa] = z + (si * n + n0 + j) * d;
+            if (si + kSamplesAtOnce < s1) prefetch_bytes(zr[si - sa] + kSamplesAtOnce * n * d, d * sizeof(*zr[0]));
           }
+          const auto term = [&](int r, int64_t i) {
+            const C u = D::load(zr[r][i]) - mj[i];
+            return u * u * ivj[i];
+          };
+          C quad[kSamplesAtOnce];
+          static_assert(kSamplesAtOnce == 4, "the switch below takes 1 ... 4 samples");
+          switch (sb - sa) {  // the samples' sums in one pass over the dims (row_sums)
+            case 4: row_sums<C, 4>(d, term, quad); break;
+            case 3: row_sums<C, 3>(d, term, quad); break;
+            case 2: row_sums<C, 2>(d, term, quad); break;
+            case 1: row_sums<C, 1>(d, term, quad); break;
+          }
+          for (int64_t si = sa; si < sb; ++si) out[si * n + n0 + j] = -st.half_c[j] - C(0.5) * quad[si - sa];
         }
     }
   });

@@ -118,18 +118,29 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
           const C* iqj = st.iq.data() + j * d;
           const C* pmj = st.pm.data() + j * d;
           const C* ipj = st.ip.data() + j * d;
+          const typename D::S* zr[kSamplesAtOnce];
           for (int64_t k = k0; k < k1; ++k) {
+            zr[k - k0] = a.z + (k * B + b0 + j) * d;
+            if (k + kSamplesAtOnce < K) prefetch_bytes(zr[k - k0] + kSamplesAtOnce * B * d, d * sizeof(*zr[0]));
+          }
+          // sum_d (z - pm)^2 ip - (z - mu)^2 iq per sample, float32 (float64) lanes, fixed order.
+          const auto term = [&](int r, int64_t i) {
+            const C x = D::load(zr[r][i]);
+            const C u = x - mj[i];
+            const C v = kPrior ? x - pmj[i] : x;
+            return kPrior ? v * v * ipj[i] - u * u * iqj[i] : v * v - u * u * iqj[i];
+          };
+          C quad[kSamplesAtOnce];
+          static_assert(kSamplesAtOnce == 4, "the switch below takes 1 ... 4 samples");
+          switch (k1 - k0) {
+            case 4: row_sums<C, 4>(d, term, quad); break;
+            case 3: row_sums<C, 3>(d, term, quad); break;
+            case 2: row_sums<C, 2>(d, term, quad); break;
+            case 1: row_sums<C, 1>(d, term, quad); break;
+          }
+          for (int64_t k = k0; k < k1; ++k) {  // log w first; normalized below
             const int64_t row = k * B + b0 + j;
-            const typename D::S* zr = a.z + row * d;
-            if (k + kSamplesAtOnce < K) prefetch_bytes(zr + kSamplesAtOnce * B * d, d * sizeof(*zr));
-            // sum_d (z - pm)^2 ip - (z - mu)^2 iq, float32 (float64) lanes, fixed order.
-            const C quad = row_sum<C>(d, [&](int64_t i) {
-              const C x = D::load(zr[i]);
-              const C u = x - mj[i];
-              const C v = kPrior ? x - pmj[i] : x;
-              return kPrior ? v * v * ipj[i] - u * u * iqj[i] : v * v - u * u * iqj[i];
-            });
-            weight[row] = lpx[row] - st.half_dlv[j] - C(0.5) * quad;  // log w first; normalized below
+            weight[row] = lpx[row] - st.half_dlv[j] - C(0.5) * quad[k - k0];
           }
         }
         for (int64_t k = k0; k < k1; ++k) {  // the online sums, in k order
