@@ -185,7 +185,6 @@ struct IwaeGrads {
   typename D::S* plv;
 };
 
-
 // One example's rows of R samples, all with c != 0, in sample order: grad_z rows out[r], the sums
 // over k a1 = sum c u, a2 = sum c u^2 (and p1 = sum c v, p2 = sum c v^2 with a prior) updated.
 // Per element: u = z - mu, v = z - pm (z without a prior), grad_z = c (u iq - v ip).
