@@ -13,6 +13,7 @@
 
 #include <new>
 
+#include <type_traits>
 #include <utility>
 
 #include "cpu/kernels.h"
@@ -245,6 +246,18 @@ VK_INLINE C fold_lanes(C* a, const Op& op) {
   V v;
   memcpy(&v, a, sizeof v);
   return fold_vector<R>(v, op);
+}
+
+// f(std::integral_constant<int, R>{}) for R = n, 1 <= n <= 4: a runtime count of rows (a step's
+// samples, its last step shorter) turned into the compile-time R of row_sums / bwd_rows / from_z.
+template <class F>
+VK_INLINE void with_rows(int64_t n, const F& f) {
+  switch (n) {
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    default: return f(std::integral_constant<int, 1>{});
+  }
 }
 
 // sums[r] = row_sum of f(r, .) for r < R: R rows in one pass over i, each with its own lanes,

@@ -95,13 +95,9 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
             return u * u * ivj[i];
           };
           C quad[kSamplesAtOnce];
-          static_assert(kSamplesAtOnce == 4, "the switch below takes 1 ... 4 samples");
-          switch (sb - sa) {  // the samples' sums in one pass over the dims (row_sums)
-            case 4: row_sums<C, 4>(d, term, quad); break;
-            case 3: row_sums<C, 3>(d, term, quad); break;
-            case 2: row_sums<C, 2>(d, term, quad); break;
-            case 1: row_sums<C, 1>(d, term, quad); break;
-          }
+          static_assert(kSamplesAtOnce <= 4, "with_rows takes 1 ... 4 rows");
+          // the samples' sums in one pass over the dims
+          with_rows(sb - sa, [&](auto rows) { row_sums<C, rows>(d, term, quad); });
           for (int64_t si = sa; si < sb; ++si) out[si * n + n0 + j] = -st.half_c[j] - C(0.5) * quad[si - sa];
         }
     }
@@ -183,13 +179,8 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
           const C* ivj = st.iv.data() + j * d;
           C* a1 = acc.data() + j * d;
           C* a2 = acc.data() + (kBlockN + j) * d;
-          static_assert(kBwdSamples == 4, "the switch below takes 1 ... 4 rows");
-          switch (nk) {
-            case 4: bwd_rows<D, kStream, 4>(zr, out, c, mj, ivj, a1, a2, d); break;
-            case 3: bwd_rows<D, kStream, 3>(zr, out, c, mj, ivj, a1, a2, d); break;
-            case 2: bwd_rows<D, kStream, 2>(zr, out, c, mj, ivj, a1, a2, d); break;
-            case 1: bwd_rows<D, kStream, 1>(zr, out, c, mj, ivj, a1, a2, d); break;
-          }
+          static_assert(kBwdSamples <= 4, "with_rows takes 1 ... 4 rows");
+          with_rows(nk, [&](auto rows) { bwd_rows<D, kStream, rows>(zr, out, c, mj, ivj, a1, a2, d); });
         }
       }
       for (int64_t j = 0; j < nb; ++j) {

@@ -131,13 +131,8 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
             return kPrior ? v * v * ipj[i] - u * u * iqj[i] : v * v - u * u * iqj[i];
           };
           C quad[kSamplesAtOnce];
-          static_assert(kSamplesAtOnce == 4, "the switch below takes 1 ... 4 samples");
-          switch (k1 - k0) {
-            case 4: row_sums<C, 4>(d, term, quad); break;
-            case 3: row_sums<C, 3>(d, term, quad); break;
-            case 2: row_sums<C, 2>(d, term, quad); break;
-            case 1: row_sums<C, 1>(d, term, quad); break;
-          }
+          static_assert(kSamplesAtOnce <= 4, "with_rows takes 1 ... 4 rows");
+          with_rows(k1 - k0, [&](auto rows) { row_sums<C, rows>(d, term, quad); });
           for (int64_t k = k0; k < k1; ++k) {  // log w first; normalized below
             const int64_t row = k * B + b0 + j;
             weight[row] = lpx[row] - st.half_dlv[j] - C(0.5) * quad[k - k0];
@@ -314,13 +309,11 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
             c[n] = cr, zr[n] = a.z + row * d, out[n] = g.z + row * d;
             ++n;
           }
-          static_assert(kBwdSamples == 4, "the switch below takes 1 ... 4 rows");
-          switch (n) {
-            case 4: bwd_rows<D, kPrior, kStream, 4>(zr, out, c, mj, iqj, pmj, ipj, a1, a2, p1, p2, d); break;
-            case 3: bwd_rows<D, kPrior, kStream, 3>(zr, out, c, mj, iqj, pmj, ipj, a1, a2, p1, p2, d); break;
-            case 2: bwd_rows<D, kPrior, kStream, 2>(zr, out, c, mj, iqj, pmj, ipj, a1, a2, p1, p2, d); break;
-            case 1: bwd_rows<D, kPrior, kStream, 1>(zr, out, c, mj, iqj, pmj, ipj, a1, a2, p1, p2, d); break;
-          }
+          static_assert(kBwdSamples <= 4, "with_rows takes 1 ... 4 rows");
+          if (n > 0)  // every row of the step may have zero weight
+            with_rows(n, [&](auto rows) {
+              bwd_rows<D, kPrior, kStream, rows>(zr, out, c, mj, iqj, pmj, ipj, a1, a2, p1, p2, d);
+            });
         }
       }
       for (int64_t j = 0; j < nb; ++j) {

@@ -449,18 +449,6 @@ VK_INLINE void from_z(const typename D::S* grad_z, const typename D::S* z, int64
     }
 }
 
-template <class D>
-VK_INLINE void from_z_rows(int64_t rows, const typename D::S* grad_z, const typename D::S* z, int64_t stride,
-                           const typename D::C* mu, typename D::C* sum_g, typename D::C* acc, int64_t len) {
-  static_assert(kZRows == 4, "from_z_rows dispatches 1 ... 4 rows");
-  switch (rows) {
-    case 4: return from_z<D, 4>(grad_z, z, stride, mu, sum_g, acc, len);
-    case 3: return from_z<D, 3>(grad_z, z, stride, mu, sum_g, acc, len);
-    case 2: return from_z<D, 2>(grad_z, z, stride, mu, sum_g, acc, len);
-    default: return from_z<D, 1>(grad_z, z, stride, mu, sum_g, acc, len);
-  }
-}
-
 // z, mu: null, or the forward's output and input (then eps is read back from z where kZBlock
 // allows; float32 / float64 only, the caller's choice).  Per column the sums run over j in order
 // whichever way eps comes, so the results do not depend on the number of threads.
@@ -507,7 +495,8 @@ void bwd(const typename D::S* grad_z, const typename D::S* logvar, const typenam
           const int64_t t0 = b * kZBlock, len = min64(cols, b1 * kZBlock) - t0;
           const int64_t at = j * n + i0 + t0;  // element (j, i0 + t0)
           if (use_z[b]) {
-            from_z_rows<D>(rows, grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len);
+            static_assert(kZRows <= 4, "with_rows takes 1 ... 4 rows");
+            with_rows(rows, [&](auto r) { from_z<D, r>(grad_z + at, z + at, n, mu_c + t0, sum_g + t0, acc + t0, len); });
           } else {
             for (int64_t r = 0; r < rows; ++r) {  // fused: from registers into the sums
               BwdSink<D> sink{grad_z + at + r * n, sum_g + t0, acc + t0};
