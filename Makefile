@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.deps-installed
 # e.g. VENV_FLAGS=--system-site-packages TORCH=torch on a machine whose torch is already there.
 VENV_FLAGS ?=
 
-.PHONY: setup build test sanitize demo bench targets wheel wheel-test wheel-smoke info clean
+.PHONY: setup build test sanitize demo bench targets triton-aot wheel wheel-test wheel-smoke info clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -72,6 +72,12 @@ demo: build
 # Both allocator modes, tables and plot into benchmarks/results/ (under 10 minutes on 2 cores).
 bench: build
 	PYTHON=$(BIN)/python benchmarks/run_cpu.sh
+
+# Every Triton kernel specialization the ops launch, compiled for sm_90 (H100 / H200) without a
+# GPU, with registers, spills and shared memory per kernel (~10 minutes on 2 cores; make test runs
+# a covering subset): benchmarks/results/triton-sm90-<date>.md.
+triton-aot: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/triton_aot.py --full --md benchmarks/results/triton-sm90-$$(date +%F).md
 
 # Issue 9's CPU targets, each ratio measured round by round with the providers interleaved, in
 # steady state (about 1 minute): benchmarks/results/cpu-<date>-targets.md.
