@@ -12,7 +12,9 @@ for the target, and skips the launch (no GPU is touched; the ops' outputs are ga
 For each specialization it prints what the compiled kernel needs (``ptxas -v``, with Triton's own
 flags): registers per thread, stack frame and spill stores, shared memory, and the compile time.
 Exit status 1 if any specialization fails to compile, spills more than ``--max-spill`` bytes per
-thread, or if the hook never fired (nothing checked).  Why a few bytes are allowed: ``sqrt.rn``
+thread, was launched without ``enable_fp_fusion=FP_FUSION`` (vaekernels/triton/__init__.py: the
+check sets Triton's default to the opposite, so such a launch shows), or if the hook never fired
+(nothing checked).  Why a few bytes are allowed: ``sqrt.rn``
 (tl.sqrt_rn, the Box-Muller radius) has an out-of-line slow-path subroutine for tiny and huge
 arguments, and ptxas saves one live register around that CALL (4 B per thread, an STL / LDL pair
 per 4 normals, found in the SASS of _reparameterize_fwd_kernel); spills from register pressure
@@ -32,7 +34,13 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: jit, not the interpreter
+# Every launch must pin fp fusion (vaekernels.triton.FP_FUSION): Triton's default is made the
+# opposite here, so a launch that leaves it to the default compiles otherwise and is reported.
+from vaekernels.triton import FP_FUSION  # noqa: E402  (the package file imports nothing)
+
+os.environ["TRITON_DEFAULT_FP_FUSION"] = "0" if FP_FUSION else "1"
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -41,7 +49,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import vaekernels as vk  # noqa: E402
 from vaekernels import backends  # noqa: E402
 
@@ -95,7 +102,7 @@ class Compiler:
                           if len(k) == 1 and jit_fn.arg_names[k[0]].isupper())
         dtypes = sorted({t[1:] for t in spec["signature"].values() if t.startswith("*")})
         row = {"kernel": name, "constexprs": shown, "pointers": "/".join(dtypes), "num_warps": spec["num_warps"],
-               "context": self.context}
+               "fusion": spec["enable_fp_fusion"], "context": self.context}
         options = {k: spec[k] for k in ("num_warps", "num_ctas", "num_stages", "enable_fp_fusion")}
         src = ASTSource(jit_fn, spec["signature"], constexprs, spec["configs"][0])
         t0 = time.perf_counter()
@@ -229,6 +236,10 @@ def main() -> int:
     for r in spills:
         lines.append(f"SPILLS {r['kernel']} [{r['pointers']}; {r['constexprs']}]: {r['spill']} B per thread "
                      f"(more than --max-spill {args.max_spill})")
+    unpinned = [r for r in rows if r["fusion"] != FP_FUSION]
+    for r in unpinned:
+        lines.append(f"UNPINNED {r['kernel']} [{r['pointers']}; {r['constexprs']}] from {r['context']}: launched "
+                     f"without enable_fp_fusion=FP_FUSION (compiled with fusion {r['fusion']})")
     text = "\n".join(lines)
     print(text)
     if args.md:
@@ -237,7 +248,7 @@ def main() -> int:
     if not rows and not compiler.failures:  # the hook never fired: this Triton calls it otherwise
         print("no specialization reached the jit_cache_hook: nothing was checked")
         return 1
-    return 1 if compiler.failures or spills else 0
+    return 1 if compiler.failures or spills or unpinned else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The rest of the suite runs the Triton kernels under the interpreter, which never lowers them.
 benchmarks/triton_aot.py compiles every specialization the ops' launches ask for (dtypes,
 constexprs, block sizes, bfloat16 included) with the NVIDIA backend and Triton's ptxas, and
-fails on a kernel that does not compile or spills registers.  It runs in its own process (the
+fails on a kernel that does not compile, spills registers or is launched without pinning fp
+fusion.  It runs in its own process (the
 kernels must be jitted, and this process has TRITON_INTERPRET=1) with a fresh Triton cache, so
 every kernel is really compiled.  A second test shows the check can fail: a kernel whose PTX
 ptxas rejects, and one that spills, are both reported.
@@ -39,6 +40,7 @@ pytestmark = [
 
 def _run(args, tmp_path, timeout=1200):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # (TRITON_DEFAULT_FP_FUSION: only for the test kernels below; the ops pass enable_fp_fusion.)
     env.update(TRITON_CACHE_DIR=str(tmp_path / "triton-cache"), TRITON_DEFAULT_FP_FUSION="1",
                PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, *args], env=env, cwd=tmp_path, capture_output=True, text=True,

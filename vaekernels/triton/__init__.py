@@ -11,3 +11,10 @@
 This package file imports nothing, so ``import vaekernels.triton`` works without Triton; the
 submodules import ``triton`` and are loaded only where it is importable.
 """
+
+# Every launch passes enable_fp_fusion=FP_FUSION: the contraction of a * b + c into one fma is
+# part of a kernel's numerics, so it is fixed here rather than left to Triton's default (enabled
+# up to Triton 3.9, which warns that 3.10 turns it off: TRITON_DEFAULT_FP_FUSION).  Enabled, as
+# nvcc's default --fmad=true does for the CUDA backend; where the order of rounding matters the
+# kernels say so with tl.fma.  (The interpreter ignores the option: numpy never fuses.)
+FP_FUSION = True

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
+
 _TILE = 2048  # elements of a [rows, cols] tile per loop step (4 warps: 16 per thread)
 _MAX_BLOCKS = 256  # most row blocks whose partial column sums are kept
 _NUM_WARPS = 4
@@ -222,8 +224,8 @@ def _tile(cols: int):
 
 def _sum_rows(part: torch.Tensor, out: torch.Tensor, rows: int, cols: int, divisor: float) -> None:
     block_r, block_c = 16, min(_pow2(cols), 256)
-    _sum_rows_kernel[(triton.cdiv(cols, block_c),)](part, out, rows, cols, divisor,
-                                                    BLOCK_R=block_r, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    _sum_rows_kernel[(triton.cdiv(cols, block_c),)](part, out, rows, cols, divisor, BLOCK_R=block_r, BLOCK_C=block_c,
+                                                    num_warps=_NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
 def _prior_or(t, fallback):
@@ -251,13 +253,13 @@ def gaussian_kl_fwd(mu, logvar, prior_mu, prior_logvar, out, col, n: int, d: int
         part = torch.empty((nblocks, d), dtype=torch.float32, device=mu.device)
         _gaussian_kl_colsum_kernel[(nblocks, triton.cdiv(d, block_d))](
             mu, logvar, pm, plv, part, n, d, p, rows_per_block, HAS_PM=has_pm, HAS_PLV=has_plv,
-            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS)
+            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS, enable_fp_fusion=FP_FUSION)
         _sum_rows(part, col, nblocks, d, float(n))
     grid = (triton.cdiv(n, block_r),)
     target = out if reduction < 2 else torch.empty(grid[0], dtype=torch.float64, device=mu.device)
     _gaussian_kl_fwd_kernel[grid](mu, logvar, pm, plv, col if free_bits > 0 else out, target, n, d, p, free_bits,
                                   HAS_PM=has_pm, HAS_PLV=has_plv, FREE_BITS=free_bits > 0, REDUCTION=reduction,
-                                  BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS)
+                                  BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS, enable_fp_fusion=FP_FUSION)
     if reduction >= 2:
         _sum_rows(target, out, grid[0], 1, float(n) if reduction == 3 else 1.0)
 
@@ -289,7 +291,7 @@ def gaussian_kl_bwd(grad, mu, logvar, prior_mu, prior_logvar, col, grad_mu, grad
         grad_mu, grad_logvar, _prior_or(gpm, grad_mu), _prior_or(gplv, grad_mu), k_rows, m, d, p, rows_per_block,
         free_bits, float(n) if reduction == 3 else 1.0,
         HAS_PM=has_pm, HAS_PLV=has_plv, FREE_BITS=free_bits > 0, REDUCTION=reduction, REDUCE_PRIOR=reduce_prior,
-        BLOCK_K=block_k, BLOCK_M=block_m, num_warps=_NUM_WARPS)
+        BLOCK_K=block_k, BLOCK_M=block_m, num_warps=_NUM_WARPS, enable_fp_fusion=FP_FUSION)
     if reduce_prior and nblocks > 1:
         if has_pm:
             _sum_rows(gpm, grad_prior_mu, nblocks, m, 1.0)

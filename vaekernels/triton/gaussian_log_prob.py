@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
+
 _LOG_2PI: tl.constexpr = tl.constexpr(math.log(2 * math.pi))
 
 
@@ -92,7 +94,8 @@ def gaussian_log_prob_fwd(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tenso
     (cache hits across the s blocks); writes s n floats."""
     block_s, block_d = _blocks(s, d)
     _gaussian_log_prob_fwd_kernel[(n, triton.cdiv(s, block_s))](z, mu, logvar, out, s, n, d,
-                                                                 BLOCK_S=block_s, BLOCK_D=block_d)
+                                                                 BLOCK_S=block_s, BLOCK_D=block_d,
+                                                                 enable_fp_fusion=FP_FUSION)
 
 
 def gaussian_log_prob_bwd(grad: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
@@ -105,4 +108,5 @@ def gaussian_log_prob_bwd(grad: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
     with many samples runs on few programs)."""
     block_s, block_d = _blocks(s, d)
     _gaussian_log_prob_bwd_kernel[(n, triton.cdiv(d, block_d))](grad, z, mu, logvar, grad_z, grad_mu, grad_logvar,
-                                                                 s, n, d, BLOCK_S=block_s, BLOCK_D=block_d)
+                                                                 s, n, d, BLOCK_S=block_s, BLOCK_D=block_d,
+                                                                 enable_fp_fusion=FP_FUSION)

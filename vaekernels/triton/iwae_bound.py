@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
 from .log_mean_exp import lse_block, lse_combine, lse_weight
 
 _NEG_INF: tl.constexpr = tl.constexpr(float("-inf"))
@@ -205,7 +206,8 @@ def iwae_bound_fwd(lpx, z, mu, logvar, pm, plv, bound, weights, alpha: float) ->
     _iwae_bound_fwd_kernel[(b,)](
         lpx, z, mu, logvar, pm if pm is not None else dummy, plv if plv is not None else dummy, bound, weights,
         k, b, d, _stride(pm, d), _stride(plv, d), 1.0 - alpha, math.log(k), 1.0 / k,
-        HAS_PM=pm is not None, HAS_PLV=plv is not None, ELBO=alpha == 1.0, BLOCK_K=block_k, BLOCK_D=block_d)
+        HAS_PM=pm is not None, HAS_PLV=plv is not None, ELBO=alpha == 1.0, BLOCK_K=block_k, BLOCK_D=block_d,
+        enable_fp_fusion=FP_FUSION)
 
 
 def iwae_bound_bwd(grad, weights, z, mu, logvar, pm, plv, g_lpx, g_z, g_mu, g_lv, g_pm, g_plv) -> None:
@@ -228,8 +230,10 @@ def iwae_bound_bwd(grad, weights, z, mu, logvar, pm, plv, g_lpx, g_z, g_mu, g_lv
         parts[0] if parts[0] is not None else dummy, parts[1] if parts[1] is not None else dummy,
         k, b, d, _stride(pm, d), _stride(plv, d),
         HAS_PM=pm is not None, HAS_PLV=plv is not None, Q_GRAD=g_mu is not None,
-        PM_GRAD=parts[0] is not None, PLV_GRAD=parts[1] is not None, BLOCK_K=block_k, BLOCK_D=block_d)
+        PM_GRAD=parts[0] is not None, PLV_GRAD=parts[1] is not None, BLOCK_K=block_k, BLOCK_D=block_d,
+        enable_fp_fusion=FP_FUSION)
     for sh, part, g in zip(shared, parts, (g_pm, g_plv)):
         if sh:
             block_c = min(triton.next_power_of_2(d), 128)
-            _sum_rows_kernel[(triton.cdiv(d, block_c),)](part, g, b, d, BLOCK_R=32, BLOCK_C=block_c)
+            _sum_rows_kernel[(triton.cdiv(d, block_c),)](part, g, b, d, BLOCK_R=32, BLOCK_C=block_c,
+                                                         enable_fp_fusion=FP_FUSION)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
+
 _NEG_INF: tl.constexpr = tl.constexpr(float("-inf"))
 
 
@@ -83,7 +85,7 @@ def log_mean_exp_fwd(x: torch.Tensor, out: torch.Tensor, outer: int, n: int, inn
     block_i = min(triton.next_power_of_2(inner), 64)
     block_n = min(triton.next_power_of_2(n), max(1, 2048 // block_i))
     _log_mean_exp_fwd_kernel[(outer, triton.cdiv(inner, block_i))](
-        x, out, n, inner, math.log(n), BLOCK_N=block_n, BLOCK_I=block_i)
+        x, out, n, inner, math.log(n), BLOCK_N=block_n, BLOCK_I=block_i, enable_fp_fusion=FP_FUSION)
 
 
 def log_mean_exp_bwd(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, grad_x: torch.Tensor,
@@ -94,4 +96,4 @@ def log_mean_exp_bwd(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, gra
     total = x.numel()
     block = 1024
     _log_mean_exp_bwd_kernel[(triton.cdiv(total, block),)](grad, x, out, grad_x, total, n, inner, math.log(n),
-                                                            BLOCK=block)
+                                                            BLOCK=block, enable_fp_fusion=FP_FUSION)

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
+
 _TWO_POW_M32: tl.constexpr = tl.constexpr(2.0**-32)
 _TWO_POW_M33: tl.constexpr = tl.constexpr(2.0**-33)
 # 2 pi = _TWO_PI_HI + _TWO_PI_LO, the head being float32(2 pi).
@@ -157,7 +159,7 @@ def philox(counters: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     n = counters.shape[0]
     out = torch.empty((n, 4), dtype=torch.int64, device=counters.device)
     if n:
-        _philox_kernel[(triton.cdiv(n, _BLOCK),)](counters, keys, out, n, BLOCK=_BLOCK)
+        _philox_kernel[(triton.cdiv(n, _BLOCK),)](counters, keys, out, n, BLOCK=_BLOCK, enable_fp_fusion=FP_FUSION)
     return out
 
 
@@ -171,5 +173,6 @@ def philox_fill(seed: int, first_group: int, n_groups: int, device) -> torch.Ten
         # The kernels read the key from memory as an int64 bit pattern (as the ops pass it).
         bits = seed - (1 << 64) if seed >= (1 << 63) else seed
         seed_t = torch.tensor(bits, dtype=torch.int64, device=device)
-        _philox_fill_kernel[(triton.cdiv(n_groups, _BLOCK),)](seed_t, out, first_group, n_groups, BLOCK=_BLOCK)
+        _philox_fill_kernel[(triton.cdiv(n_groups, _BLOCK),)](seed_t, out, first_group, n_groups, BLOCK=_BLOCK,
+                                                              enable_fp_fusion=FP_FUSION)
     return out

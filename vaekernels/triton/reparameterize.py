@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import FP_FUSION
 from .random import philox_normal, philox_normal_tile
 
 # Forward: groups (of 4 consecutive outputs) per program -> 1024 outputs, 8 per thread at 4 warps.
@@ -128,7 +129,7 @@ def reparameterize_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tenso
     grid = (triton.cdiv(triton.cdiv(total, 4), _FWD_BLOCK),)
     _reparameterize_fwd_kernel[grid](mu, logvar, seed, z, n, total,
                                      BLOCK=_FWD_BLOCK, WRAP_ONCE=n >= 4 * _FWD_BLOCK, WHOLE_GROUPS=total % 4 == 0,
-                                     num_warps=_NUM_WARPS)
+                                     num_warps=_NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
 def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor,
@@ -149,4 +150,5 @@ def reparameterize_bwd(grad_z: torch.Tensor, logvar: torch.Tensor, seed: torch.T
     k = grad_z.numel() // n
     grid = (triton.cdiv(n, _BWD_BLOCK_N),)
     _reparameterize_bwd_kernel[grid](grad_z, logvar, seed, grad_mu, grad_logvar, n, k,
-                                     BLOCK_N=_BWD_BLOCK_N, ALIGNED=n % 4 == 0, num_warps=_NUM_WARPS)
+                                     BLOCK_N=_BWD_BLOCK_N, ALIGNED=n % 4 == 0, num_warps=_NUM_WARPS,
+                                     enable_fp_fusion=FP_FUSION)
