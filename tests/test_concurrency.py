@@ -20,9 +20,6 @@ import vaekernels as vk
 
 from conftest import KERNEL_CASES, require
 
-# The Triton interpreter runs the kernels in numpy, which warns where the kernels form inf - inf or
-# exp(large) in a lane that a select then discards.
-pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
 THREADS = 4
 DEADLINE_S = 300  # a join that takes longer is a hang (a deadlock), not a slow machine

@@ -9,9 +9,6 @@ import vaekernels as vk
 
 from conftest import ALL_CASES, KERNEL_CASES, TOL, assert_within, dtypes_for, require
 
-# The Triton interpreter runs the kernels in numpy, which warns where the kernels form inf - inf or
-# exp(large) in a lane that a select then discards (the -inf / +inf rules of vaekernels/logsumexp.h).
-pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
 ULP8 = 8 * 2.0**-24  # float32 arithmetic: 8 ulp of the terms' size (measured at about 1)
 INF = math.inf

@@ -54,9 +54,6 @@ import vaekernels as vk
 
 from conftest import ALL_CASES, KERNEL_CASES, TOL, dtypes_for, require
 
-# The Triton interpreter runs the kernels in numpy, which warns where the kernels form inf - inf or
-# exp(large) in a lane that a select then discards.
-pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
 ULPS = 8  # roundoff units per elementary step (the suite's ULP8: kernels measure at about 1)
 U64 = 2.0**-53
