@@ -152,9 +152,10 @@ def catalog(compiler: Compiler, full: bool):
     def backward(out):
         (out[0] if isinstance(out, tuple) else out).float().sum().backward()
 
-    def priors(shape, dtype, which):  # which: "both", "mu" or "logvar"
-        if shape is None:
+    def priors(prior, b, d, dtype, which):  # prior: None, "d" ([D]) or "bd" ([B, D]); which: "both", "mu", "logvar"
+        if prior is None:
             return None, None
+        shape = (d,) if prior == "d" else (b, d)
         return (randn(*shape, dtype=dtype) if which != "logvar" else None,
                 randn(*shape, dtype=dtype) if which != "mu" else None)
 
@@ -171,9 +172,6 @@ def catalog(compiler: Compiler, full: bool):
     kl_shapes = ((3, 5), (64, 33), (1024, 256), (8, 4096)) if full else ((64, 33), (1024, 256))
     iwae_shapes = ((1, 3, 5), (8, 64, 33), (64, 256, 256), (5, 2, 4096)) if full else ((1, 3, 5), (64, 256, 256))
 
-    def shape_of(prior, b, d):
-        return None if prior is None else (d,) if prior == "d" else (b, d)
-
     for dt in (torch.float32, torch.float16, torch.bfloat16):
         for b, d in ((3, 5), (64, 33), (1024, 256), (8, 4096)):
             compiler.context = f"reparameterize {dt} ({b}, {d})"
@@ -186,13 +184,13 @@ def catalog(compiler: Compiler, full: bool):
         for b, d in kl_shapes:
             for prior, which, reduction, free_bits in kl_options:
                 compiler.context = f"gaussian_kl {dt} ({b}, {d}) prior {prior} {which} {reduction} {free_bits}"
-                pm, plv = priors(shape_of(prior, b, d), dt, which)
+                pm, plv = priors(prior, b, d, dt, which)
                 backward(vk.gaussian_kl(randn(b, d, dtype=dt), randn(b, d, dtype=dt), pm, plv, reduction=reduction,
                                         free_bits=free_bits, backend="triton"))
         for k, b, d in iwae_shapes:
             for prior, alpha, stl in iwae_options:
                 compiler.context = f"iwae_bound {dt} ({b}, {d}, {k}) prior {prior} alpha {alpha} stl {stl}"
-                pm, plv = priors(shape_of(prior, b, d), dt, "both")
+                pm, plv = priors(prior, b, d, dt, "both")
                 backward(vk.iwae_bound(randn(k, b), randn(k, b, d, dtype=dt), randn(b, d, dtype=dt),
                                        randn(b, d, dtype=dt), pm, plv, alpha=alpha, stl=stl, backend="triton"))
         for shape, dim in (((7,), 0), ((64, 130), -1), ((64, 130), 0), ((3, 1000, 5), 1), ((2, 8, 5000), -1)):

@@ -20,8 +20,8 @@ import subprocess
 import pytest
 
 import vaekernels
+from vaekernels.info import OPS
 
-OPS = ("reparameterize", "gaussian_kl", "iwae_bound", "log_mean_exp", "gaussian_log_prob")
 MAX_STACK = 8  # bytes per thread (see above)
 
 
