@@ -36,9 +36,10 @@ test: build
 	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/targets.py --quick > /dev/null
 
 # The whole suite against an AddressSanitizer + UBSan build of the CPU module (VAEKERNELS_SANITIZE=1),
-# built in $(SAN_DIR)/, never over the in-place build: the package, the tests and the examples are
-# copied to $(SAN_DIR)/tree with the sanitized _C and run from there (a check first makes sure that
-# is the _C imported).  Python is not instrumented, so the sanitizer runtimes _C links are preloaded;
+# built in $(SAN_DIR)/, never over the in-place build: the package, the tests, the examples and the
+# benchmark scripts (tests/test_triton_aot.py runs benchmarks/triton_aot.py) are copied to
+# $(SAN_DIR)/tree with the sanitized _C and run from there (a check first makes sure that is the _C
+# imported).  Python is not instrumented, so the sanitizer runtimes _C links are preloaded;
 # no leak checks (CPython keeps some objects until exit by design).  ASan reports of pytest and of
 # every process it starts (DDP ranks, torchrun) go to $(SAN_DIR)/logs/; UBSan's (which ignore
 # log_path when ASan is loaded) to stderr, which pytest leaves alone (--capture=sys: a process that
@@ -51,8 +52,9 @@ SAN_REPORT  := runtime error:|ERROR: AddressSanitizer|SUMMARY: [A-Za-z]*Sanitize
 sanitize: $(STAMP)
 	VAEKERNELS_SANITIZE=1 VAEKERNELS_CUDA=0 VAEKERNELS_BUILD_TYPE=RelWithDebInfo MAX_JOBS=$${MAX_JOBS:-$$(nproc)} \
 	    $(BIN)/python setup.py -q build_ext --build-temp $(SAN_DIR)/temp --build-lib $(SAN_DIR)/lib
-	rm -rf $(SAN_DIR)/tree $(SAN_LOG) && mkdir -p $(SAN_DIR)/tree/examples $(SAN_LOG)
-	cp -r vaekernels tests pyproject.toml $(SAN_DIR)/tree/ && cp examples/*.py $(SAN_DIR)/tree/examples/
+	rm -rf $(SAN_DIR)/tree $(SAN_LOG) && mkdir -p $(SAN_DIR)/tree/examples $(SAN_DIR)/tree/benchmarks $(SAN_LOG)
+	cp -r vaekernels tests pyproject.toml $(SAN_DIR)/tree/ && cp examples/*.py $(SAN_DIR)/tree/examples/ && \
+	    cp benchmarks/*.py $(SAN_DIR)/tree/benchmarks/
 	rm -f $(SAN_DIR)/tree/vaekernels/_C*.so && cp $(SAN_DIR)/lib/vaekernels/_C.*.so $(SAN_DIR)/tree/vaekernels/
 	rm -f $(SAN_DIR)/status && cd $(SAN_DIR)/tree && \
 	export LD_PRELOAD="$$(ldd vaekernels/_C.*.so | awk '/libasan/ {a = $$3} /libubsan/ {u = $$3} END {print a, u}')" \
