@@ -163,16 +163,18 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
       // wk holds r (the ELBO: log w, unused): exp(r - L), 1/K for the ELBO, 0 for a -inf bound.
       // Called with elbo a constant: with rb.elbo read inside, gcc left these loops scalar (a
       // conditional load of wk under a loop-invariant test), one libm-free exp at a time.
-      const auto normalize = [&](const RenyiBound& r) {
+      const auto normalize = [&](bool elbo) {
+        RenyiBound r = rb;
+        r.elbo = elbo;
         for (int64_t k = 0; k < K; ++k) {
           C* wk = weight + k * B + b0;
           for (int64_t j = 0; j < nb; ++j) wk[j] = renyi_weight(r, wk[j], y[j], lse[j], ExpC{});
         }
       };
       if (rb.elbo)
-        normalize(RenyiBound{true, rb.one_minus, rb.log_k, rb.inv_k});
+        normalize(true);
       else
-        normalize(RenyiBound{false, rb.one_minus, rb.log_k, rb.inv_k});
+        normalize(false);
     }
   });
 }
