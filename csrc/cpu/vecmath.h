@@ -80,6 +80,20 @@ VK_INLINE vf vfma(vf a, vf b, vf c) {  // a*b + c, fused where the ISA has FMA
 #endif
 }
 
+// a > b ? a : b lane by lane, and b where either is NaN (x86's maxps; one instruction where a
+// compare and a blend would be two).
+VK_INLINE vf vmax(vf a, vf b) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif defined(__AVX2__)
+  return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#elif defined(__SSE2__)
+  return (vf)_mm_max_ps((__m128)a, (__m128)b);
+#else
+  return a > b ? a : b;
+#endif
+}
+
 // Full 64-bit products of the low 32-bit halves of each 64-bit lane (the upper halves are ignored).
 VK_INLINE vq mul_lo32(vq a, vq b) {
 #if defined(__AVX512F__)
