@@ -246,23 +246,25 @@ VK_INLINE void pipelined(int64_t nv, const Reduce& reduce, const Finish& finish)
   block(v0, std::true_type{});
 }
 
-// row_sum of kl_twice over one row of n elements with no prior, for the float32 compute type
-// (D = F32, F16, BF16): the same lanes and the same operations, so bitwise the same sum, as
-// explicit vectors, pipelined: the exponent's reduction (load, clamp, k, r, 2^k) of vector v + 2
-// beside the polynomial and sum of vector v, and the row's fold on the registers.  The
-// auto-vectorized row_sum ran at ~7 cycles a vector where its 10 fma-pipe operations take 5 (Zen 5:
-// the integer-min clamp's domain crossing and ~50-cycle chains; the reduction 1 vector ahead gained
-// a third as much, 4 ahead spilled on AVX2).  Forward kernel, Zen 5, one thread, old -> new
-// (medians of 60 interleaved): AVX-512 (4096, 256) 135 -> 117 us, (1024, 64) 19.5 -> 10.6 us,
-// 2 threads (4096, 256) 74 -> 63 us; AVX2 (4096, 256) 274 -> 225 us; generic (1024, 256) 253 ->
-// 200 us.
-template <class D>
-VK_INLINE float kl_twice_row(const typename D::S* mu, const typename D::S* lv, int64_t n) {
+// row_sum of kl_twice over one row of n elements, for the float32 compute type (D = F32, F16,
+// BF16): the same lanes and the same operations, so bitwise the same sum, as explicit vectors,
+// pipelined: the exponent's reduction (load, clamp, k, r, 2^k) of vector v + 2 beside the
+// polynomial and sum of vector v, and the row's fold on the registers.  pm, plv: the prior's
+// elements for this row (kPm, kPlv), s: their e^(-plv/2), computed once (with_prior_scales).  The
+// auto-vectorized row_sum ran at ~7 cycles a vector where its 10 fma-pipe operations take 5 (Zen
+// 5: the integer-min clamp's domain crossing and ~50-cycle chains; the reduction 1 vector ahead
+// gained a third as much, 4 ahead spilled on AVX2).  Forward kernel, Zen 5, one thread, old -> new
+// (medians of 60 interleaved): AVX-512 (4096, 256) 135 -> 117 us, (1024, 64) 19.5 -> 10.6 us, with
+// a [D] prior 20.1 -> 13.7 us; 2 threads (4096, 256) 74 -> 63 us, with a [D] prior 81 -> 73 us;
+// AVX2 (4096, 256) 274 -> 225 us; generic (1024, 256) 253 -> 200 us.
+template <class D, bool kPm, bool kPlv>
+VK_INLINE float kl_twice_row(const typename D::S* mu, const typename D::S* lv, const typename D::S* pm,
+                             const typename D::S* plv, const float* s, int64_t n) {
   constexpr int W = kSumLanes<float>, J = W / kLanes;  // row_sum's lanes: J vectors a block
   const int64_t nv = n / W * J;                        // vectors in whole blocks
   vf acc[J] = {};                                      // vector v goes to acc[v % J]
   struct Arg {
-    vf x;
+    vf delta;  // logvar - prior logvar
     ExpParts<vf> e;
   };
   if (nv > 0) {
@@ -270,21 +272,28 @@ VK_INLINE float kl_twice_row(const typename D::S* mu, const typename D::S* lv, i
         nv,
         [&](int64_t v) {
           Arg a;
-          a.x = D::vload(lv + v * kLanes);
-          a.e = exp_reduce(phi_clamp(a.x));
+          a.delta = D::vload(lv + v * kLanes);
+          if constexpr (kPlv) a.delta -= D::vload(plv + v * kLanes);
+          a.e = exp_reduce(phi_clamp(a.delta));
           return a;
         },
         [&](int64_t v, int j, Arg a) {
           a.e.s = exp_poly(a.e.r);
-          const vf m = D::vload(mu + v * kLanes);
-          acc[j] += madd(m, m, phi_of(a.e, a.x));
+          vf q = D::vload(mu + v * kLanes);
+          if constexpr (kPm) q -= D::vload(pm + v * kLanes);
+          if constexpr (kPlv) q *= loadu<vf>(s + v * kLanes);
+          acc[j] += madd(q, q, phi_of(a.e, a.delta));
         });
   }
   const int64_t i = nv * kLanes;
   if (i < n) {  // the tail as row_sum takes it: a buffer padded with -0, added to the lanes
     alignas(64) float t[W];
     for (int l = 0; l < W; ++l) t[l] = -0.0f;
-    for (int l = 0; i + l < n; ++l) t[l] = kl_twice<false, false>(D::load(mu[i + l]), D::load(lv[i + l]), 0.0f, 0.0f, 1.0f);
+    for (int l = 0; i + l < n; ++l) {
+      const float pml = kPm ? D::load(pm[i + l]) : 0.0f, plvl = kPlv ? D::load(plv[i + l]) : 0.0f;
+      const float sl = kPlv ? s[i + l] : 1.0f;
+      t[l] = kl_twice<kPm, kPlv>(D::load(mu[i + l]), D::load(lv[i + l]), pml, plvl, sl);
+    }
     for (int j = 0; j < J; ++j) acc[j] += loadu<vf>(t + j * kLanes);
   }
   // fold_lanes<W>'s tree on the registers (its steps wider than one register pair lane l of
