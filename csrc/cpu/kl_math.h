@@ -56,18 +56,6 @@ VK_INLINE double madd_c(double a, double b, double c) {
 // two, and there the hot loops (no prior, float32 compute: kl_twice_row, kl_grads_row) run on
 // explicit vectors, software-pipelined, with the same operations lane by lane.
 
-// The integer lanes of a float (F = float: exact-width scalars) or of a vector (F = vf).
-template <class F>
-struct Lanes {
-  using I = int32_t;
-  using U = uint32_t;
-};
-template <>
-struct Lanes<vf> {
-  using I = vi;
-  using U = vu;
-};
-
 // exp_parts in two stages, so that a loop over vectors can reduce the next vector (exp_reduce) while
 // it evaluates the polynomial of this one (exp_poly; kl_twice_row).  F: float or vf, the same
 // operations either way (a vector is the float function lane by lane, bitwise).
@@ -138,16 +126,18 @@ VK_INLINE float kl_em1(float x) {
 }
 
 // max(x, -87), the clamp of kl_phi's argument (e^x < 2^-125 below: phi = -1 - x either way, and -inf
-// becomes finite).  For a float, as one unsigned min of the bits (the bits of every x < -87, -inf
-// included, are above those of -87; of every other x, below) instead of a compare and a blend; it
-// also clamps a NaN whose sign bit is set, but phi's term 2^k - 1 - x still carries that NaN.  For a
-// vector, one maxps, which keeps every NaN; the same value for every other x.  (The integer min
+// becomes finite), as one unsigned min of the bits (the bits of every x < -87, -inf included, are
+// above those of -87; of every other x, below) instead of a compare and a blend.  It also clamps a
+// NaN whose sign bit is set, but phi's term 2^k - 1 - x still carries that NaN.
+VK_INLINE float phi_clamp(float x) { return bit_cast<float>(min_u32(bit_cast<uint32_t>(x), 0xc2ae0000u)); }
+
+// max(x, -87) lane by lane, NaN kept: the vector clamp of both kl_phi's and kl_em1's argument (the
+// same value as either float clamp for every non-NaN x), one maxps.  (The integer min of the bits
 // feeds the float fma that follows through a domain crossing: in kl_twice_row the maxps made the
 // loop 11% faster.)
-VK_INLINE float phi_clamp(float x) { return bit_cast<float>(min_u32(bit_cast<uint32_t>(x), 0xc2ae0000u)); }
-VK_INLINE vf phi_clamp(vf x) { return vmax(splat(-87.0f), x); }
+VK_INLINE vf exp_arg_clamp(vf x) { return vmax(splat(-87.0f), x); }
 
-// phi from the parts of e^xc, xc = phi_clamp(x):
+// phi from the parts of e^xc, xc = phi_clamp(x) (exp_arg_clamp(x) for a vector):
 // phi = 2^k r^2 S(r) + (2^k r + (2^k - 1 - x)) with u = 2^k r exact (a power-of-2 scaling; only for
 // k <= -125, x < -86, where the ~86 of -1 - x swamps it, can it round) and u r = 2^k r^2 rounded
 // once: three multiplies / fmas, one fewer than 2^k (r^2 S) + fma(2^k, r, ...), and one rounding
@@ -274,7 +264,7 @@ VK_INLINE float kl_twice_row(const typename D::S* mu, const typename D::S* lv, c
           Arg a;
           a.delta = D::vload(lv + v * kLanes);
           if constexpr (kPlv) a.delta -= D::vload(plv + v * kLanes);
-          a.e = exp_reduce(phi_clamp(a.delta));
+          a.e = exp_reduce(exp_arg_clamp(a.delta));
           return a;
         },
         [&](int64_t v, int j, Arg a) {
@@ -324,8 +314,8 @@ VK_INLINE void kl_grads(C g, C mu, C logvar, C pm, C plv, C s, C* gmu, C* glv, C
 
 // kl_grads over n elements of one row with no prior and one upstream value g, for the float32
 // compute type (D = F32, F16, BF16): gmu = g mu, glv = (g / 2) expm1(lv), bitwise what kl_grads
-// gives, as explicit vectors pipelined like kl_twice_row (the clamp of lv at -87 a maxps, which
-// keeps NaN).  Backward kernel, Zen 5, one thread, old -> new: AVX-512 (1024, 64) 12.2 -> 10.6 us,
+// gives, as explicit vectors pipelined like kl_twice_row (lv clamped at -87 by exp_arg_clamp, NaN
+// kept).  Backward kernel, Zen 5, one thread, old -> new: AVX-512 (1024, 64) 12.2 -> 10.6 us,
 // (4096, 256) the same (~156 us: bound by the 24 MB it moves through L3), AVX2 (256, 256) 15.7 ->
 // 14.4 us, (4096, 256) 252 -> 227 us, generic (1024, 256) 220 -> 164 us.
 template <class D>
@@ -336,7 +326,7 @@ VK_INLINE void kl_grads_row(float g, const typename D::S* mu, const typename D::
   if (nv > 0) {
     const vf gv = splat(g), half_g = splat(0.5f * g);
     pipelined<P, P>(
-        nv, [&](int64_t v) { return exp_reduce(vmax(splat(-87.0f), D::vload(lv + v * kLanes))); },
+        nv, [&](int64_t v) { return exp_reduce(exp_arg_clamp(D::vload(lv + v * kLanes))); },
         [&](int64_t v, int, ExpParts<vf> e) {
           e.s = exp_poly(e.r);
           D::vstore(gmu + v * kLanes, gv * D::vload(mu + v * kLanes));

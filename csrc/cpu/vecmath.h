@@ -49,6 +49,19 @@ typedef int32_t vi __attribute__((vector_size(4 * kLanes)));
 typedef uint32_t vu __attribute__((vector_size(4 * kLanes)));
 typedef uint64_t vq __attribute__((vector_size(4 * kLanes)));  // kLanes / 2 lanes of 64 bits
 
+// The integer lanes of a float (F = float: exact-width scalars) or of a vector (F = vf), for the
+// float math written once for both (exp_t here, exp_reduce in kl_math.h).
+template <class F>
+struct Lanes {
+  using I = int32_t;
+  using U = uint32_t;
+};
+template <>
+struct Lanes<vf> {
+  using I = vi;
+  using U = vu;
+};
+
 template <class To, class From>
 VK_INLINE To bit_cast(From x) {
   return __builtin_bit_cast(To, x);
@@ -223,9 +236,9 @@ VK_INLINE void sincos2pi(vf u, vf* sin_out, vf* cos_out) {
 // Out of range the arithmetic yields garbage that the two final selects replace:
 // exp(x > 88.7228) = inf, exp(x < -103.972) = 0; NaN fails both compares and stays NaN.
 // (Clamping x first instead makes gcc split the vector loop by ranges: 1.5x slower.)
-// One template for a float (F, U, I = float, uint32_t, int32_t: exp_f32, written so that gcc
-// vectorizes loops of it) and a vector (vf, vu, vi: vexp, for kernels that hold vectors): the
-// same operations, so vexp is exp_f32 lane by lane, bitwise.
+// One template for a float (F = float, its integer lanes uint32_t / int32_t: exp_f32, written so
+// that gcc vectorizes loops of it) and a vector (vf, vu, vi: vexp, for kernels that hold
+// vectors): the same operations, so vexp is exp_f32 lane by lane, bitwise.
 VK_INLINE float madd(float a, float b, float c) {  // a*b + c, fused where the ISA has FMA
 #if defined(__FMA__)
   return __builtin_fmaf(a, b, c);
@@ -235,8 +248,10 @@ VK_INLINE float madd(float a, float b, float c) {  // a*b + c, fused where the I
 }
 VK_INLINE vf madd(vf a, vf b, vf c) { return vfma(a, b, c); }
 
-template <class F, class U, class I>
+template <class F>
 VK_INLINE F exp_t(F x) {
+  using U = typename Lanes<F>::U;
+  using I = typename Lanes<F>::I;
   const F zero{};  // scalar constants below are splat onto vectors as zero + c (exact)
   const F t = x * 0x1.715476p+0f + 0x1.8p23f;
   const F kf = t - 0x1.8p23f;
@@ -253,8 +268,8 @@ VK_INLINE F exp_t(F x) {
   y = x > 0x1.62e42ep+6f ? zero + __builtin_inff() : y;
   return x < -0x1.9fe368p+6f ? zero : y;
 }
-VK_INLINE float exp_f32(float x) { return exp_t<float, uint32_t, int32_t>(x); }
-VK_INLINE vf vexp(vf x) { return exp_t<vf, vu, vi>(x); }
+VK_INLINE float exp_f32(float x) { return exp_t(x); }
+VK_INLINE vf vexp(vf x) { return exp_t(x); }
 
 // ------------------------------------------------------------------ storage conversions
 // Templates over one value (U = uint32_t, F = float) or one vector (U = vu, F = vf): the 16-bit
