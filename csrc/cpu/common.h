@@ -318,18 +318,22 @@ VK_INLINE C row_max(int64_t n, const F& f) {
   return fold_lanes<W>(acc, [](const auto& x, const auto& y) { return nan_max_v(x, y); });
 }
 
-// Prefetches `bytes` from p into L2.  The kernels walk a block of rows per sample k, then jump
-// B rows ahead to sample k + 1: a stride the hardware prefetchers do not follow, so each row of a
-// later sample is prefetched while the current one is computed.  Into L2, not L1 (locality 1, not
-// 3): a block's rows ahead plus its staged parameters overflow L1, and prefetching into L1 evicted
-// what the loop was reading -- iwae_bound's forward ran 31 ms instead of 21 (1 thread, 268 MB of z).
+// Prefetches `bytes` from p, for reading: into L1 (kLocality 3) or L2 (1).  The backwards over
+// samples (kBwdSamples below) walk a block of rows per step of samples, then jump B rows ahead to
+// the next step: a stride the hardware prefetchers do not follow, so the rows of the step after
+// next are prefetched into L1 while this one is computed (iwae_bound's backward at (4096, 256, 64),
+// 2 threads, medians of 25 - 31 interleaved, Zen 5: into L2 14.1 / 15.0 / 14.3 ms, into L1 12.5 /
+// 13.4 / 13.2; on the Zen 4 machine of the early sessions prefetching into L1 evicted what the
+// forward was reading: 31 ms instead of 21, 1 thread).  log_mean_exp prefetches columns into L2.
+template <int kLocality>
 VK_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o, 0, 1);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o, 0, kLocality);
 }
 
 // Samples a forward over [S, B, D] walks side by side (iwae_bound, gaussian_log_prob): row j of
 // samples s ... s + 3 together, so that 4 stretches of z (B rows apart) stream at once -- the
-// hardware prefetchers follow each -- while the same rows of the next 4 samples are prefetched.
+// hardware prefetchers follow each -- while the same rows of the next 4 samples are prefetched
+// where that measured faster (fwd_prefetches).
 // Any order over the samples gives the same rows' results; sums over samples still run in order.
 // iwae_bound's forward at (4096, 256, 64), 2 threads, kernel alone, median of 15 interleaved:
 // 12.4 -> 10.8 and 13.5 -> 12.1 ms (a dot product over z: 8.0 - 8.6); gaussian_log_prob's at
@@ -341,14 +345,26 @@ VK_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
 // 24.9 -> 26.5, 31.1 -> 30.5 ms): they take kBwdSamples below.
 constexpr int64_t kSamplesAtOnce = 4;
 
+// Whether such a forward prefetches the next step's rows (prefetch_bytes<1>): only where it
+// measured faster, z past the last-level cache (streams) in rows under 1 KB.  A block's stretch of
+// z per sample is then under 32 KB, too short for the hardware prefetchers to get ahead; with 1 KB
+// rows (32 KB stretches) they are ahead, and in cache there is nothing to wait for: the prefetch
+// only costs issue slots.  iwae_bound's forward, 2 threads, Zen 5, medians of 21 - 61 interleaved,
+// with -> without the prefetch: (4096, 16, 64) 1.63 -> 2.14, (4096, 64, 64) 1.76 -> 2.45, (4096,
+// 128, 64) 4.74 -> 5.38 ms; but (4096, 256, 64) 8.74 -> 8.46, 9.24 -> 8.74, 6.99 -> 6.72 ms,
+// (1024, 64, 8) 46 -> 43 us, (256, 256, 8) 32 -> 29 us.
+VK_INLINE bool fwd_prefetches(int64_t row_bytes, int64_t z_bytes) {
+  return row_bytes < 1024 && z_bytes >= kStreamMinBytes;
+}
+
 // Samples a backward over [S, B, D] walks side by side (iwae_bound, gaussian_log_prob): row j of
 // samples s ... s + 3 in one pass over the dims, so the example's parameters and its running sums
 // over samples (in L2: 32 examples x D x 2 - 4 arrays, 64 - 128 KB at D = 256) are loaded and
 // stored once per step instead of once per row, and the rows of grad_z go from registers to memory
 // (streaming stores past the last-level cache) instead of through a staging row.  The sums still
 // add the samples in order: results are bitwise those of a one-row walk.  The rows of the step
-// after next are prefetched.  iwae_bound's backward alone at (4096, 256, 64), 2 threads, median of
-// 11 interleaved, three runs: one row a step 24.7 / 34.7 / 29.8 ms -> 16.9 / 21.9 / 18.2 (copying
+// after next are prefetched (into L1: prefetch_bytes).  iwae_bound's backward alone at (4096,
+// 256, 64), 2 threads, median of 11 interleaved, three runs: one row a step 24.7 / 34.7 / 29.8 ms -> 16.9 / 21.9 / 18.2 (copying
 // z into grad_z: 18.5 / 22.1 / 20.4); with plain stores 20.4 / 26.2 / 23.3; 2 or 8 samples a step
 // no better than 4, nor 64 or 128 examples a task; without the software prefetch slower.
 constexpr int kBwdSamples = 4;

@@ -10,11 +10,11 @@
 //
 // Work split: tasks of (kBlockN examples) x (a chunk of the S samples); e^-lv is computed once
 // per task and example, never per sample.  The forward takes kSamplesAtOnce samples a step and
-// prefetches the next step's rows; the backward takes kBwdSamples samples a step in one pass over
-// the dims (common.h) and prefetches the rows of the step after next (too far ahead for the
-// hardware prefetcher).  The chunking depends on (S, N, D) only, and the
-// backward's per-chunk partial sums are added in chunk order: results do not depend on the
-// thread count.
+// prefetches the next step's rows (where that measured faster: fwd_prefetches); the backward
+// takes kBwdSamples samples a step in one pass over the dims (common.h) and prefetches the rows
+// of the step after next (too far ahead for the hardware prefetcher).  The chunking depends on
+// (S, N, D) only, and the backward's per-chunk partial sums are added in chunk order: results do
+// not depend on the thread count.
 
 #include "cpu/common.h"
 #include "cpu/kernels.h"
@@ -73,6 +73,8 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
          int64_t n, int64_t d, int num_threads) {
   using C = typename D::C;
   const Split p = make_split(s, n);
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(typename D::S));
+  const bool prefetch = fwd_prefetches(row_bytes, s * n * row_bytes);
   parallel_ranges(p.nblocks * p.schunks, threads_for(s * n * max64(d, 1), num_threads), [&](int64_t t0, int64_t t1) {
     Staged<D> st(d);
     for (int64_t t = t0; t < t1; ++t) {
@@ -88,7 +90,7 @@ void fwd(const typename D::S* z, const typename D::S* mu, const typename D::S* l
           const typename D::S* zr[kSamplesAtOnce];
           for (int64_t si = sa; si < sb; ++si) {
             zr[si - sa] = z + (si * n + n0 + j) * d;
-            if (si + kSamplesAtOnce < s1) prefetch_bytes(zr[si - sa] + kSamplesAtOnce * n * d, d * sizeof(*zr[0]));
+            if (prefetch && si + kSamplesAtOnce < s1) prefetch_bytes<1>(zr[si - sa] + kSamplesAtOnce * n * d, row_bytes);
           }
           const auto term = [&](int r, int64_t i) {
             const C u = D::load(zr[r][i]) - mj[i];
@@ -173,7 +175,7 @@ void bwd(const typename D::C* grad, const typename D::S* z, const typename D::S*
             csum[j] += c[r];
             zr[r] = z + row * d, out[r] = grad_z + row * d;
             // the same row of the step after next: too far ahead for the hardware prefetchers
-            if (sa + r + 2 * kBwdSamples < s1) prefetch_bytes(zr[r] + 2 * kBwdSamples * n * d, d * sizeof(S));
+            if (sa + r + 2 * kBwdSamples < s1) prefetch_bytes<3>(zr[r] + 2 * kBwdSamples * n * d, d * sizeof(S));
           }
           const C* mj = st.m.data() + j * d;
           const C* ivj = st.iv.data() + j * d;

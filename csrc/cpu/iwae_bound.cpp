@@ -24,10 +24,10 @@
 // Work split: blocks of kBlockB consecutive examples (B order), each a task that walks k and, for
 // each k, the block's rows z[k, b0 .. b0 + nb) -- one contiguous stretch of memory -- while
 // prefetching the same rows of a later sample (B rows apart per sample: too far for the hardware
-// prefetcher); the forward takes kSamplesAtOnce samples a step (common.h), the backward
-// kBwdSamples.  Every example's arithmetic is the same whichever thread runs it, and a [D] prior's
-// gradient is summed per block, then over blocks in block order: results do not depend on the
-// thread count.
+// prefetcher; the forward only where that measured faster, fwd_prefetches); the forward takes
+// kSamplesAtOnce samples a step (common.h), the backward kBwdSamples.  Every example's
+// arithmetic is the same whichever thread runs it, and a [D] prior's gradient is summed per
+// block, then over blocks in block order: results do not depend on the thread count.
 #include <string.h>
 
 
@@ -103,6 +103,8 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
   const int64_t d = a.d, B = a.b, K = a.k;
   const C one_minus = static_cast<C>(rb.one_minus);
   const C inf = __builtin_huge_val();
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(typename D::S));
+  const bool prefetch = fwd_prefetches(row_bytes, K * B * row_bytes);
   parallel_ranges(ceil_div(B, kBlockB), threads_for(K * B * max64(d, 1), num_threads), [&](int64_t t0, int64_t t1) {
     Staged<D, kPrior> st(d);
     for (int64_t t = t0; t < t1; ++t) {
@@ -121,7 +123,7 @@ void fwd(const IwaeArgs<D>& a, const typename D::C* lpx, const RenyiBound& rb, t
           const typename D::S* zr[kSamplesAtOnce];
           for (int64_t k = k0; k < k1; ++k) {
             zr[k - k0] = a.z + (k * B + b0 + j) * d;
-            if (k + kSamplesAtOnce < K) prefetch_bytes(zr[k - k0] + kSamplesAtOnce * B * d, d * sizeof(*zr[0]));
+            if (prefetch && k + kSamplesAtOnce < K) prefetch_bytes<1>(zr[k - k0] + kSamplesAtOnce * B * d, row_bytes);
           }
           // sum_d (z - pm)^2 ip - (z - mu)^2 iq per sample, float32 (float64) lanes, fixed order.
           const auto term = [&](int r, int64_t i) {
@@ -310,7 +312,7 @@ void bwd(const IwaeArgs<D>& a, const typename D::C* grad, const typename D::C* w
             // hardware prefetchers), unless it will not be read.
             const int64_t ahead = row + 2 * kBwdSamples * B;
             if (k0 + r + 2 * kBwdSamples < K && grad[b0 + j] * weight[ahead] != C(0))
-              prefetch_bytes(a.z + ahead * d, d * sizeof(S));
+              prefetch_bytes<3>(a.z + ahead * d, d * sizeof(S));
             if (cr == C(0)) {
               zero_row<D, kStream>(g.z + row * d, d);
               continue;

@@ -215,7 +215,7 @@ void fwd(const typename D::S* x, typename D::C* out, int64_t outer, int64_t n, i
           const int64_t tn = t + kPrefetchItems, on = tn / cblocks, in0 = (tn % cblocks) * kLane;
           const S* next = x + on * n * inner + in0;
           const int64_t bytes = min64(kLane, inner - in0) * static_cast<int64_t>(sizeof(S));
-          for (int64_t j = 0; j < n; ++j) prefetch_bytes(next + j * inner, bytes);
+          for (int64_t j = 0; j < n; ++j) prefetch_bytes<1>(next + j * inner, bytes);
         }
         const auto at = [&](int64_t l, int64_t j) { return D::load(base[j * inner + l]); };
         // A constant lane count keeps the lane states in registers (a run-time one kept them on
