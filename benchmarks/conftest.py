@@ -77,6 +77,27 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+_GPU_CLOCK: Dict[str, object] = {"last": None, "total": 0.0}
+
+
+def gpu_clock() -> float:
+    """Seconds on the GPU's own clock, pytest-benchmark's timer for CUDA cases (set on every item by
+    pytest_collection_modifyitems): records a CUDA event on the current stream, waits for it, and
+    returns the running total of the times between consecutive events.  A round then measures from
+    an event recorded before the call to one recorded after it -- CUDA-event timing, not the host's
+    clock.  Each difference is taken between two adjacent events (cudaEventElapsedTime is float32
+    milliseconds: a difference against one fixed first event would lose precision as the run goes
+    on) and summed in float64."""
+    ev = torch.cuda.Event(enable_timing=True)
+    ev.record()
+    ev.synchronize()
+    last = _GPU_CLOCK["last"]
+    if last is not None:
+        _GPU_CLOCK["total"] += last.elapsed_time(ev) / 1e3
+    _GPU_CLOCK["last"] = ev
+    return _GPU_CLOCK["total"]
+
+
 def rounds_for(seconds_per_call: float) -> int:
     """Rounds for a stable median in about 0.5 s per case: at least 9 (the median of 9 ignores four
     outliers on either side: with 5, the large eager and compile baselines moved by up to 20% from
@@ -183,6 +204,10 @@ ALL_MODES = os.environ.get("VAEKERNELS_BENCH_ALL_MODES", "0") not in ("", "0")
 
 
 def pytest_collection_modifyitems(config, items):
+    if DEVICE == "cuda":  # time rounds by CUDA events (gpu_clock), unless a test sets its own timer
+        for item in items:
+            if item.get_closest_marker("benchmark") is None:
+                item.add_marker(pytest.mark.benchmark(timer=gpu_clock))
     if ALL_MODES:
         return
     keep, drop = [], []
