@@ -5,7 +5,7 @@
 #             rebuilds nothing) and info.txt (GPU, driver, nvcc, what was built);
 #   test      the whole suite, GPU tests included (pytest-xdist when it is there);
 #   sanitize  the CUDA backend's tests under compute-sanitizer (memcheck, racecheck);
-#   bench     the benchmark suite (GPU providers: CUDA events / triton do_bench) and its report.
+#   bench     the benchmark suite (every round timed by CUDA events: conftest.gpu_clock) and its report.
 # Usage: benchmarks/gpu_check.sh [STAGE ...]        (default: build test sanitize bench)
 #   OUT=DIR  where the logs go (default benchmarks/results/gpu-<date>); BENCH_K=EXPR narrows the
 #   benchmarks to pytest -k EXPR.  A stage after build needs the build (run them in one call, or on a machine
