@@ -348,11 +348,12 @@ constexpr int64_t kSamplesAtOnce = 4;
 // Whether such a forward prefetches the next step's rows (prefetch_bytes<1>): only where it
 // measured faster, z past the last-level cache (streams) in rows under 1 KB.  A block's stretch of
 // z per sample is then under 32 KB, too short for the hardware prefetchers to get ahead; with 1 KB
-// rows (32 KB stretches) they are ahead, and in cache there is nothing to wait for: the prefetch
-// only costs issue slots.  iwae_bound's forward, 2 threads, Zen 5, medians of 21 - 61 interleaved,
-// with -> without the prefetch: (4096, 16, 64) 1.63 -> 2.14, (4096, 64, 64) 1.76 -> 2.45, (4096,
-// 128, 64) 4.74 -> 5.38 ms; but (4096, 256, 64) 8.74 -> 8.46, 9.24 -> 8.74, 6.99 -> 6.72 ms,
-// (1024, 64, 8) 46 -> 43 us, (256, 256, 8) 32 -> 29 us.
+// rows (32 KB stretches) they keep up, and in cache there is nothing to wait for.  iwae_bound's
+// forward, 2 threads, Zen 5, medians of 61 interleaved, with -> without the prefetch: (4096, 16,
+// 64) 1.58 -> 2.15, (4096, 64, 64) 1.74 -> 2.37 ms; but (1024, 64, 8) 45 -> 41 us, (256, 256, 8)
+// 33 -> 29 us, and (4096, 256, 64) 8.83 / 8.14 / 8.38 -> 8.22 / 7.68 / 7.83 ms (three runs; with
+// the backward's prefetch into L1, so the pair runs after it; a read of z in this order without
+// any arithmetic ran 8.7 ms with the prefetch, 6.7 without, a linear read 6.9).
 VK_INLINE bool fwd_prefetches(int64_t row_bytes, int64_t z_bytes) {
   return row_bytes < 1024 && z_bytes >= kStreamMinBytes;
 }
@@ -364,9 +365,10 @@ VK_INLINE bool fwd_prefetches(int64_t row_bytes, int64_t z_bytes) {
 // (streaming stores past the last-level cache) instead of through a staging row.  The sums still
 // add the samples in order: results are bitwise those of a one-row walk.  The rows of the step
 // after next are prefetched (into L1: prefetch_bytes).  iwae_bound's backward alone at (4096,
-// 256, 64), 2 threads, median of 11 interleaved, three runs: one row a step 24.7 / 34.7 / 29.8 ms -> 16.9 / 21.9 / 18.2 (copying
-// z into grad_z: 18.5 / 22.1 / 20.4); with plain stores 20.4 / 26.2 / 23.3; 2 or 8 samples a step
-// no better than 4, nor 64 or 128 examples a task; without the software prefetch slower.
+// 256, 64), 2 threads, median of 11 interleaved, three runs: one row a step 24.7 / 34.7 / 29.8
+// ms -> 16.9 / 21.9 / 18.2 (copying z into grad_z: 18.5 / 22.1 / 20.4); with plain stores 20.4 /
+// 26.2 / 23.3; 2 or 8 samples a step no better than 4, nor 64 or 128 examples a task; without the
+// software prefetch slower.
 constexpr int kBwdSamples = 4;
 
 // Whether an output of `bytes` in all is written with non-temporal stores (storeu_stream,
