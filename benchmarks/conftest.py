@@ -78,7 +78,8 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-_GPU_CLOCK: Dict[str, object] = {"last": None, "total": 0.0}
+_GPU_LAST = None  # the event of gpu_clock's previous call
+_GPU_TOTAL = 0.0
 
 
 def gpu_clock() -> float:
@@ -89,17 +90,17 @@ def gpu_clock() -> float:
     clock.  Each difference is taken between two adjacent events (cudaEventElapsedTime is float32
     milliseconds: a difference against one fixed first event would lose precision as the run goes
     on) and summed in float64."""
+    global _GPU_LAST, _GPU_TOTAL
     ev = torch.cuda.Event(enable_timing=True)
     ev.record()
     ev.synchronize()
-    last = _GPU_CLOCK["last"]
-    if last is not None:
-        _GPU_CLOCK["total"] += last.elapsed_time(ev) / 1e3
-    _GPU_CLOCK["last"] = ev
-    return _GPU_CLOCK["total"]
+    if _GPU_LAST is not None:
+        _GPU_TOTAL += _GPU_LAST.elapsed_time(ev) / 1e3
+    _GPU_LAST = ev
+    return _GPU_TOTAL
 
 
-_L2_FLUSH: List[torch.Tensor] = []
+_L2_FLUSH: Optional[torch.Tensor] = None
 
 
 def flush_l2() -> None:
@@ -107,9 +108,10 @@ def flush_l2() -> None:
     triton.testing.do_bench does before each repetition: a round then finds none of its inputs in
     L2 whatever its size (three rotating input sets of a small case would all fit).  Called in
     each round's untimed set-up; the stream runs it before the round's first event."""
-    if not _L2_FLUSH:
-        _L2_FLUSH.append(torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=DEVICE))
-    _L2_FLUSH[0].zero_()
+    global _L2_FLUSH
+    if _L2_FLUSH is None:
+        _L2_FLUSH = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=DEVICE)
+    _L2_FLUSH.zero_()
 
 
 def rounds_for(seconds_per_call: float) -> int:
